@@ -1,0 +1,1 @@
+"""Plain-Python inference: Predictor, pre/post-processing, backends, export. Never imports rclpy."""

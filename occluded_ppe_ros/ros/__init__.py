@@ -1,0 +1,1 @@
+"""ROS 2 glue, the only code that imports rclpy: lifecycle node, conversions, markers, diagnostics."""

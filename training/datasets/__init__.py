@@ -1,0 +1,1 @@
+"""Torch datasets in the published formats: COCO person keypoints, CityPersons, synthetic."""

@@ -1,0 +1,1 @@
+"""The paper's evaluations: COCO keypoint AP, occlusion levels, CityPersons MR^-2, instance IoU."""
