@@ -36,6 +36,7 @@ setup(
         *_tree('launch'),
         *_tree('config'),
         *_tree('models'),
+        *_tree('samples'),
     ],
     install_requires=['setuptools'],
     zip_safe=True,

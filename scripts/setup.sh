@@ -45,6 +45,10 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 py="$venv/bin/python"
 
+# One setup at a time per venv (parallel test runs would otherwise reinstall over each other).
+exec 9>"$venv/.setup.lock"
+flock 9
+
 # 1. Python packages.
 deps_hash=$(hash_of requirements)
 if ! up_to_date deps "$deps_hash"; then
@@ -74,7 +78,7 @@ build_interface occluded_ppe_msgs
 # 3. The project itself, as colcon would install it: a real (non-editable) install, because pip's
 # editable mode does not install data_files (the ament index marker and share/). Any change to the
 # package's files reinstalls it (about 10 s).
-project_hash=$(hash_of setup.py setup.cfg package.xml resource launch config models occluded_ppe_ros training)
+project_hash=$(hash_of setup.py setup.cfg package.xml resource launch config models samples occluded_ppe_ros training)
 node_exe="$venv/lib/occluded_ppe_ros/ppe_node"
 if ! up_to_date project "$project_hash" || [ ! -x "$node_exe" ]; then
   echo "[setup] installing occluded_ppe_ros into the venv"

@@ -1,0 +1,130 @@
+"""Learning check: the tiny presets, trained on synthetic data within a time budget, reach keypoint AP.
+
+Runs config/train_tiny_stage1.yaml then config/train_tiny_stage2.yaml (stage 2 from stage 1's result) with
+a wall-clock limit on each (together `--budget-s`, 600 s by default: the issue's 10 minutes on this CPU),
+then scores the stage-2 checkpoint on the held-out synthetic split (seed 3, never trained on) with the
+evaluation package, exactly as `ppe eval synthetic` does: the deployed Predictor (torch backend) over the
+images, keypoint AP over 13 joints with pycocotools (COCO's sigmas), and PCK@0.1 of occluded and visible
+joints. Target: keypoint AP >= 0.5.
+
+Usage (from the repository root; the synthetic sets are generated on first use into runs/synthetic/):
+    .venv/bin/python benchmarks/learning_check.py [--budget-s 600] [--stage1-share 0.3] [--threads 1]
+        [--out runs/learning_check] [--set KEY=VALUE ...]
+The same numbers by hand after the run:
+    ppe eval synthetic --gt runs/synthetic/heldout/annotations.json --images runs/synthetic/heldout/images \\
+        --checkpoint runs/learning_check/stage2/last.pt --out runs/learning_check/eval
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _import_source_tree() -> None:
+    """Import occluded_ppe_ros / occluded_ppe_training from this checkout (not an installed copy)."""
+    import importlib.util
+
+    sys.path.insert(0, str(REPO_ROOT))
+    if 'occluded_ppe_training' not in sys.modules:
+        spec = importlib.util.spec_from_file_location(
+            'occluded_ppe_training', REPO_ROOT / 'training' / '__init__.py',
+            submodule_search_locations=[str(REPO_ROOT / 'training')])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules['occluded_ppe_training'] = module
+        spec.loader.exec_module(module)
+
+
+def evaluate_synthetic(checkpoint: Path, heldout: Path, threads: int, domain: str | None = None) -> dict:
+    """Keypoint AP (13 joints) and PCK@0.1 occluded / visible of a checkpoint on a synthetic split.
+
+    Args:
+        checkpoint: the model (contract 3).
+        heldout: folder with annotations.json (with keypoints_occluded) and images/.
+        threads: torch CPU threads for inference.
+        domain: the branch to run (default: the checkpoint's inference domain).
+
+    Returns:
+        {'keypoint_AP', 'keypoint_AP50', 'keypoint_AP75', 'pck_occluded', 'pck_visible', 'pck_all',
+         'num_occluded', 'num_visible', 'images', 'seconds'}.
+    """
+    import torch
+
+    from occluded_ppe_ros.inference.predictor import Predictor
+    from occluded_ppe_training.evaluation.coco_eval import evaluate_coco
+    from occluded_ppe_training.evaluation.model_eval import predict_dataset
+    from occluded_ppe_training.evaluation.occlusion import evaluate_pck
+
+    torch.set_num_threads(threads)
+    start = time.perf_counter()
+    gt = json.loads((heldout / 'annotations.json').read_text())
+    # a low score threshold, as `ppe eval` uses: AP sees the whole precision-recall curve
+    predictor = Predictor.from_checkpoint(checkpoint, backend='torch', device='cpu', domain=domain,
+                                          score_threshold=0.05)
+    results, _ = predict_dataset(predictor, gt, heldout / 'images')
+    metrics = evaluate_coco(gt, results, ['keypoints'])['keypoints'].named
+    pck = evaluate_pck(gt, results, alpha=0.1)
+    return {'keypoint_AP': metrics['AP'], 'keypoint_AP50': metrics['AP50'], 'keypoint_AP75': metrics['AP75'],
+            'pck_occluded': pck.occluded, 'pck_visible': pck.visible, 'pck_all': pck.all,
+            'num_occluded': pck.num_occluded, 'num_visible': pck.num_visible,
+            'images': len(gt['images']), 'seconds': time.perf_counter() - start}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train both tiny stages within the budget, evaluate, print and write a JSON summary."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--budget-s', type=float, default=600.0,
+                        help='training wall-clock budget, both stages together')
+    parser.add_argument('--stage1-share', type=float, default=0.3, help='share of the budget for stage 1')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--out', default='runs/learning_check', help='output folder')
+    parser.add_argument('--stage1-config', default=str(REPO_ROOT / 'config' / 'train_tiny_stage1.yaml'))
+    parser.add_argument('--stage2-config', default=str(REPO_ROOT / 'config' / 'train_tiny_stage2.yaml'))
+    parser.add_argument('--set', dest='overrides', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a key of both configs (e.g. batch_size=2)')
+    args = parser.parse_args(argv)
+    _import_source_tree()
+    from occluded_ppe_training.config import load_config
+    from occluded_ppe_training.trainer import train
+
+    out = Path(args.out)
+    common = [f'threads={args.threads}', 'progress=false', *args.overrides]
+    stage1 = load_config(args.stage1_config, [*common, f'output_dir={out / "stage1"}',
+                                              f'time_limit_s={args.budget_s * args.stage1_share}'])
+    start = time.perf_counter()
+    first = train(stage1)
+    stage1_seconds = time.perf_counter() - start
+    stage2 = load_config(args.stage2_config, [
+        *common, f'output_dir={out / "stage2"}', f'init_checkpoint={first.checkpoint}',
+        f'time_limit_s={max(args.budget_s - stage1_seconds, 1.0)}', 'eval.every=0'])
+    second = train(stage2)
+    train_seconds = time.perf_counter() - start
+    heldout = Path(stage2.eval.data.directory) if stage2.eval.data is not None else None
+    if heldout is None:
+        raise SystemExit(f'{args.stage2_config} names no eval.data (the held-out synthetic split)')
+    from occluded_ppe_training.trainer import prepare_synthetic
+
+    prepare_synthetic(stage2.eval.data)
+    metrics = evaluate_synthetic(second.checkpoint, heldout, args.threads)
+    summary = {
+        'command': ' '.join([sys.executable, *sys.argv]),
+        'budget_s': args.budget_s, 'train_seconds': train_seconds,
+        'stage1': {'iterations': first.iteration, 'seconds': stage1_seconds,
+                   'final_total_loss': first.history[-1]['total']},
+        'stage2': {'iterations': second.iteration, 'seconds': train_seconds - stage1_seconds,
+                   'final_total_loss': second.history[-1]['total'], 'checkpoint': str(second.checkpoint)},
+        'heldout': str(heldout), **metrics, 'target_keypoint_AP': 0.5,
+        'passed': metrics['keypoint_AP'] >= 0.5,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'learning_check.json').write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Backends behind one interface (contract 4): torch, onnxruntime, tensorrt, and 'auto'.
+
+`create_backend(name, model_path, ...)` picks by name; 'auto' = TensorRT where it imports and a GPU
+exists, else ONNX Runtime, else torch. `model_path` may be a contract-3 checkpoint (.pt; ONNX Runtime
+and TensorRT then use a cached export of it) or, for those two, an exported .onnx file.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from occluded_ppe_ros.inference.backends.base import BACKEND_NAMES, OUTPUT_NAMES, Backend, check_outputs
+
+__all__ = ['BACKEND_NAMES', 'OUTPUT_NAMES', 'Backend', 'check_outputs', 'create_backend']
+
+
+def _onnxruntime_importable() -> bool:
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _onnx_for(model_path: Path, domain: str | None, input_size: tuple[int, int] | None,
+              max_detections: int | None) -> Path:
+    if model_path.suffix == '.onnx':
+        return model_path
+    from occluded_ppe_ros.inference.export import cached_onnx_for_checkpoint
+
+    return cached_onnx_for_checkpoint(model_path, domain=domain, input_size=input_size,
+                                      max_detections=max_detections)
+
+
+def create_backend(name: str, model_path: str | os.PathLike, device: str = 'cpu',
+                   domain: str | None = None, input_size: tuple[int, int] | None = None,
+                   max_detections: int | None = None) -> Backend:
+    """Open a backend.
+
+    Args:
+        name: one of BACKEND_NAMES.
+        model_path: a .pt checkpoint (every backend) or a .onnx export (onnxruntime, tensorrt).
+        device: 'cpu' or 'cuda' (TensorRT always runs on the GPU).
+        domain: branch to deploy; default the checkpoint's inference domain (for .onnx: the exported one).
+        input_size: (H, W); default the checkpoint's (for .onnx: the exported one).
+        max_detections: K; default the checkpoint's (for .onnx: the exported one).
+
+    Returns:
+        A backend with `name`, `input_size`, `class_names` and `run`.
+    """
+    if name not in BACKEND_NAMES:
+        raise ValueError(f'unknown backend {name!r}; expected one of {BACKEND_NAMES}')
+    model_path = Path(model_path)
+    if not model_path.is_file():
+        raise FileNotFoundError(f'model file {model_path} does not exist')
+    if name == 'auto':
+        from occluded_ppe_ros.inference.tensorrt_engine import tensorrt_available
+
+        if tensorrt_available():
+            name = 'tensorrt'
+        elif _onnxruntime_importable():
+            name = 'onnxruntime'
+        else:
+            name = 'torch'
+    if name == 'torch':
+        if model_path.suffix != '.pt':
+            raise ValueError(f'the torch backend needs a .pt checkpoint, got {model_path}')
+        from occluded_ppe_ros.inference.backends.torch_backend import TorchBackend
+
+        return TorchBackend.from_checkpoint(model_path, device=device, domain=domain,
+                                            max_detections=max_detections, input_size=input_size)
+    onnx_path = _onnx_for(model_path, domain, input_size, max_detections)
+    if name == 'onnxruntime':
+        from occluded_ppe_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
+
+        return OnnxRuntimeBackend(onnx_path, device=device)
+    from occluded_ppe_ros.inference.backends.tensorrt_backend import TensorRTBackend, engine_for_onnx
+
+    return TensorRTBackend(engine_for_onnx(onnx_path), onnx_path)

@@ -1,0 +1,215 @@
+"""Encoders E_C / E_M: a torchvision body (ResNet / ResNeXt / MobileNetV2) plus a feature pyramid.
+
+Choices (the paper only says "FPN style encoder", Table 5 lists ResNet-50/101 and ResNeXt-101):
+- The body is built with `weights=None` (nothing is ever downloaded); `pretrained_path` loads a local
+  state dict with torchvision's own key names (`conv1.*`, `layer1.*` or `features.*`), so weights
+  converted elsewhere (e.g. MoveNet's MobileNetV2) load without renaming.
+- The FPN fuses the stride 4/8/16/32 stages top-down (1x1 laterals, nearest upsampling, sums) into a
+  single output map at `output_stride` (4 by default: pedestrians in CityPersons are often < 40 px tall
+  at 640 px width, so a coarser map loses them). Every decoder (detection, mask, pose) reads that one
+  map: the "last layer of encoded feature maps" of section 2.2. One level keeps the anchor-free head and
+  the ONNX graph simple; the top-down path still carries the stride-32 context into it.
+- The network takes RGB in [0, 1] and normalises inside (`InputNormalization`), so every backend shares
+  one pre-processing: ImageNet mean/std for ResNets, x * 2 - 1 for MobileNetV2 (MoveNet's input range).
+- MobileNetV2 x1.5 ends in a 480 -> 1280 conv (MoveNet MultiPose) rather than torchvision's 1920, and
+  `tf_same_padding` reproduces TensorFlow's 'SAME' stride-2 padding (bottom/right only) so imported TF
+  weights see the features they were trained on.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.misc import Conv2dNormActivation
+
+from occluded_ppe_ros.model.config import BackboneConfig, FPNConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# MobileNetV2 `features` index ranges ending at strides 4, 8, 16, 32.
+_MOBILENET_STAGES = ((0, 4), (4, 7), (7, 14), (14, 19))
+
+
+class InputNormalization(nn.Module):
+    """RGB [0, 1] -> the backbone's input range: (x - mean) / std (buffers, exported as constants)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        if kind == 'imagenet':
+            mean, std = IMAGENET_MEAN, IMAGENET_STD
+        elif kind == 'symmetric':
+            mean, std = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)   # x * 2 - 1
+        else:
+            raise ValueError(f'unknown input normalization {kind!r}')
+        self.kind = kind
+        self.register_buffer('mean', torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer('std', torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images float [B, 3, H, W] RGB in [0, 1]. Returns the normalised tensor, same shape."""
+        return (images - self.mean) / self.std
+
+
+class TFSamePadConv2d(nn.Conv2d):
+    """A stride-2 Conv2d padding (0, 1, 0, 1) (left, right, top, bottom) first, as TF 'SAME' on even sizes.
+
+    Same parameter names as nn.Conv2d, so state dicts are interchangeable.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Pad bottom/right by kernel - stride, then convolve without padding."""
+        extra_w = max(self.kernel_size[1] - self.stride[1], 0)
+        extra_h = max(self.kernel_size[0] - self.stride[0], 0)
+        x = F.pad(x, (0, extra_w, 0, extra_h))
+        return self._conv_forward(x, self.weight, self.bias)
+
+
+def _use_tf_same_padding(module: nn.Module) -> None:
+    """Replace every stride-2 conv under `module` by a TFSamePadConv2d sharing its parameters."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.Conv2d) and child.stride == (2, 2):
+            replacement = TFSamePadConv2d(
+                child.in_channels, child.out_channels, child.kernel_size, stride=child.stride, padding=0,
+                groups=child.groups, bias=child.bias is not None)
+            replacement.weight = child.weight
+            if child.bias is not None:
+                replacement.bias = child.bias
+            setattr(module, name, replacement)
+        else:
+            _use_tf_same_padding(child)
+
+
+class Body(nn.Module):
+    """A torchvision classification body cut into four stages at strides 4, 8, 16, 32.
+
+    Submodule names equal torchvision's (`conv1`, `bn1`, `layer1`... or `features`), so a torchvision
+    state dict (without `fc.*` / `classifier.*`) loads as is.
+    """
+
+    def __init__(self, cfg: BackboneConfig) -> None:
+        super().__init__()
+        self.name = cfg.name
+        norm_layer = FrozenBatchNorm2d if cfg.frozen_batchnorm else nn.BatchNorm2d
+        if cfg.name == 'mobilenet_v2':
+            net = torchvision.models.mobilenet_v2(weights=None, width_mult=cfg.width_mult,
+                                                  norm_layer=norm_layer)
+            if cfg.width_mult != 1.0:
+                # MoveNet MultiPose's MobileNetV2 x1.5 keeps a 1280-channel head conv.
+                in_channels = net.features[17].out_channels
+                net.features[18] = Conv2dNormActivation(in_channels, 1280, kernel_size=1,
+                                                        norm_layer=norm_layer, activation_layer=nn.ReLU6)
+            self.features = net.features
+            self.out_channels = tuple(self.features[end - 1].out_channels for _, end in _MOBILENET_STAGES)
+        else:
+            factory = getattr(torchvision.models, cfg.name)
+            net = factory(weights=None, norm_layer=norm_layer)
+            self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+            self.layer1, self.layer2 = net.layer1, net.layer2
+            self.layer3, self.layer4 = net.layer3, net.layer4
+            expansion = 1 if cfg.name == 'resnet18' else 4
+            self.out_channels = tuple(c * expansion for c in (64, 128, 256, 512))
+        if cfg.tf_same_padding:
+            _use_tf_same_padding(self)
+        if cfg.pretrained_path:
+            load_body_weights(self, cfg.pretrained_path)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Args: x float [B, 3, H, W] normalised. Returns 4 maps at strides 4, 8, 16, 32."""
+        if self.name == 'mobilenet_v2':
+            outputs = []
+            for start, end in _MOBILENET_STAGES:
+                for index in range(start, end):
+                    x = self.features[index](x)
+                outputs.append(x)
+            return outputs
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        c2 = self.layer1(x)
+        c3 = self.layer2(c2)
+        c4 = self.layer3(c3)
+        c5 = self.layer4(c4)
+        return [c2, c3, c4, c5]
+
+
+def load_body_weights(body: nn.Module, path: str | Path) -> None:
+    """Load a local torchvision-named state dict into `body`; every body parameter must be present.
+
+    Args:
+        body: a `Body`.
+        path: a file from `torch.save(state_dict)` (or a dict with the state dict under 'state_dict'
+            or 'model'); classifier keys (`fc.*`, `classifier.*`) are ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'backbone.pretrained_path {path} does not exist')
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    for key in ('state_dict', 'model'):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    state = {k: v for k, v in state.items() if not k.startswith(('fc.', 'classifier.'))}
+    try:
+        result = body.load_state_dict(state, strict=False)
+    except RuntimeError as error:                       # shape mismatches
+        raise ValueError(f'backbone weights {path} do not fit the {body.name} body: {error}') from None
+    missing = [k for k in result.missing_keys if not k.endswith('num_batches_tracked')]
+    if missing or result.unexpected_keys:
+        raise ValueError(f'backbone weights {path} do not fit the {body.name} body: '
+                         f'missing {missing[:5]} ({len(missing)}), unexpected '
+                         f'{result.unexpected_keys[:5]} ({len(result.unexpected_keys)})')
+
+
+class FPN(nn.Module):
+    """Top-down feature pyramid fused into one map at `output_stride`.
+
+    1x1 laterals to `channels`, nearest 2x upsampling and sums from stride 32 down to the output
+    stride, then one 3x3 conv + GroupNorm + ReLU on the output map.
+    """
+
+    def __init__(self, in_channels: tuple[int, ...], cfg: FPNConfig) -> None:
+        super().__init__()
+        # Levels used: stride 4 (index 0) or 8 (index 1) up to 32.
+        self.first_level = {4: 0, 8: 1}[cfg.output_stride]
+        used = in_channels[self.first_level:]
+        self.laterals = nn.ModuleList(nn.Conv2d(c, cfg.channels, 1) for c in used)
+        self.output = nn.Sequential(
+            nn.Conv2d(cfg.channels, cfg.channels, 3, padding=1, bias=False),
+            nn.GroupNorm(_groups(cfg.channels), cfg.channels),
+            nn.ReLU(inplace=True))
+        self.out_channels = cfg.channels
+        self.stride = cfg.output_stride
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Args: the body's 4 maps. Returns float [B, channels, H / stride, W / stride]."""
+        used = features[self.first_level:]
+        top = self.laterals[-1](used[-1])
+        for lateral, feature in zip(reversed(self.laterals[:-1]), reversed(used[:-1])):
+            top = lateral(feature) + F.interpolate(top, size=feature.shape[-2:], mode='nearest')
+        return self.output(top)
+
+
+class Encoder(nn.Module):
+    """E_C or E_M: input normalisation, body, FPN. images [B, 3, H, W] in [0, 1] -> [B, C, H/s, W/s]."""
+
+    def __init__(self, backbone: BackboneConfig, fpn: FPNConfig) -> None:
+        super().__init__()
+        self.normalize = InputNormalization(backbone.resolved_normalization())
+        self.body = Body(backbone)
+        self.fpn = FPN(self.body.out_channels, fpn)
+        self.out_channels = self.fpn.out_channels
+        self.stride = self.fpn.stride
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Args: images float [B, 3, H, W] RGB in [0, 1], H and W multiples of 32."""
+        return self.fpn(self.body(self.normalize(images)))
+
+
+def _groups(channels: int) -> int:
+    """Group count for GroupNorm: 32 where it divides, else the largest divisor <= 32."""
+    for groups in range(min(32, channels), 0, -1):
+        if channels % groups == 0:
+            return groups
+    return 1

@@ -1,0 +1,151 @@
+"""Loss functions of every head, as plain functions (the heads build their targets and call these).
+
+Loss names returned by `PPENet.forward` in training, and the paper's term (eq. 1) each belongs to:
+
+| key                     | term    | what                                                          |
+|-------------------------|---------|---------------------------------------------------------------|
+| loss_det_heatmap        | L_det   | centre-heatmap focal loss (CenterNet's penalty-reduced form)  |
+| loss_det_box            | L_det   | GIoU loss of the box sides, already x `box_loss_weight`       |
+| loss_seg_mask           | L_seg   | per-pixel binary cross-entropy of the instance masks          |
+| loss_dc_domain          | L_dc    | domain classifier BCE (instance level, behind the GRL)        |
+| loss_pe_heatmap         | L_pe    | keypoint-heatmap focal loss (source instances, v > 0 joints)  |
+| loss_pe_occlusion       | L_pe    | occluded-joint BCE, already x `occlusion_loss_weight`         |
+
+`LOSS_TERMS` maps each key to its term so a trainer applies the paper's alpha / beta / gamma with
+`loss_term(key)`. The paper adopts L_det from Dasgupta et al. 2022 and L_pe from ClueNet without giving
+the formulas; we use the standard losses of the anchor-free head and heatmap decoder we chose.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+LOSS_TERMS: dict[str, str] = {
+    'loss_det_heatmap': 'det',
+    'loss_det_box': 'det',
+    'loss_seg_mask': 'seg',
+    'loss_dc_domain': 'dc',
+    'loss_pe_heatmap': 'pe',
+    'loss_pe_occlusion': 'pe',
+}
+
+
+def loss_term(key: str) -> str:
+    """The paper's term ('det', 'seg', 'dc', 'pe') of a loss key."""
+    if key not in LOSS_TERMS:
+        raise KeyError(f'unknown loss key {key!r}; known: {sorted(LOSS_TERMS)}')
+    return LOSS_TERMS[key]
+
+
+def gaussian_focal_loss(logits: torch.Tensor, targets: torch.Tensor,
+                        negative_weight: torch.Tensor | None = None, alpha: float = 2.0,
+                        beta: float = 4.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The penalty-reduced (CenterNet) focal loss, summed (the caller divides by the number of positives).
+
+    Positives are cells where the target is 1: -(1 - p)^alpha log p. Every other cell is a negative
+    damped near a centre: -(1 - t)^beta p^alpha log(1 - p), times `negative_weight` (0 = ignored).
+
+    Args:
+        logits: float [...] heatmap logits.
+        targets: float [...] Gaussian targets in [0, 1], 1 exactly at centres.
+        negative_weight: float, broadcastable to logits; None = 1 everywhere.
+        alpha: focusing exponent.
+        beta: penalty-reduction exponent.
+
+    Returns:
+        (loss sum, number of positives as a float tensor).
+    """
+    positive = targets >= 1.0 - 1e-4
+    log_p = F.logsigmoid(logits)
+    log_not_p = F.logsigmoid(-logits)
+    p = torch.sigmoid(logits)
+    positive_loss = -((1 - p) ** alpha) * log_p
+    negative_loss = -((1 - targets) ** beta) * (p ** alpha) * log_not_p
+    if negative_weight is not None:
+        negative_loss = negative_loss * negative_weight
+    loss = torch.where(positive, positive_loss, negative_loss)
+    return loss.sum(), positive.sum().to(logits.dtype)
+
+
+def giou_loss(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - GIoU per pair of boxes.
+
+    Args:
+        predicted: float [N, 4] x1, y1, x2, y2.
+        target: float [N, 4].
+
+    Returns:
+        float [N] in [0, 2].
+    """
+    x1 = torch.maximum(predicted[:, 0], target[:, 0])
+    y1 = torch.maximum(predicted[:, 1], target[:, 1])
+    x2 = torch.minimum(predicted[:, 2], target[:, 2])
+    y2 = torch.minimum(predicted[:, 3], target[:, 3])
+    intersection = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    area_p = ((predicted[:, 2] - predicted[:, 0]).clamp(min=0)
+              * (predicted[:, 3] - predicted[:, 1]).clamp(min=0))
+    area_t = (target[:, 2] - target[:, 0]).clamp(min=0) * (target[:, 3] - target[:, 1]).clamp(min=0)
+    union = area_p + area_t - intersection
+    iou = intersection / union.clamp(min=1e-6)
+    hull_w = torch.maximum(predicted[:, 2], target[:, 2]) - torch.minimum(predicted[:, 0], target[:, 0])
+    hull_h = torch.maximum(predicted[:, 3], target[:, 3]) - torch.minimum(predicted[:, 1], target[:, 1])
+    hull = (hull_w * hull_h).clamp(min=1e-6)
+    return 1.0 - (iou - (hull - union) / hull)
+
+
+def mask_loss(mask_logits: torch.Tensor, mask_targets: torch.Tensor) -> torch.Tensor:
+    """Mean per-pixel BCE over instances with a known mask; 0 (kept in the graph) when there are none.
+
+    Args:
+        mask_logits: float [N, M, M].
+        mask_targets: float [N, M, M] of 0 / 1.
+    """
+    if mask_logits.shape[0] == 0:
+        return mask_logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(mask_logits, mask_targets)
+
+
+def domain_loss(domain_logits: torch.Tensor, is_source: bool) -> torch.Tensor:
+    """Mean BCE of the domain classifier (label 1 = source domain); 0 in the graph for no instances.
+
+    Args:
+        domain_logits: float [N].
+        is_source: whether these instances come from the source (pose-labelled) domain.
+    """
+    if domain_logits.numel() == 0:
+        return domain_logits.sum() * 0.0
+    labels = torch.full_like(domain_logits, 1.0 if is_source else 0.0)
+    return F.binary_cross_entropy_with_logits(domain_logits, labels)
+
+
+def keypoint_heatmap_loss(heatmap_logits: torch.Tensor, targets: torch.Tensor, valid: torch.Tensor,
+                          alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """Focal loss of keypoint heatmaps over labelled joints, divided by the number of labelled joints.
+
+    Args:
+        heatmap_logits: float [N, J, H, W].
+        targets: float [N, J, H, W] Gaussians (1 at the joint's cell).
+        valid: bool [N, J]; unlabelled joints (v = 0 or outside the box) give no loss at all.
+        alpha: focusing exponent.
+        beta: penalty-reduction exponent.
+    """
+    weight = valid[..., None, None].to(heatmap_logits.dtype)
+    total, _ = gaussian_focal_loss(heatmap_logits, targets * weight, negative_weight=weight,
+                                   alpha=alpha, beta=beta)
+    count = valid.sum().to(heatmap_logits.dtype)
+    return total / count.clamp(min=1.0)
+
+
+def occlusion_loss(occlusion_logits: torch.Tensor, occluded: torch.Tensor,
+                   valid: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of the per-joint occlusion logits over labelled joints.
+
+    Args:
+        occlusion_logits: float [N, J], read at each joint's ground-truth cell.
+        occluded: bool [N, J] target (True = hidden).
+        valid: bool [N, J] labelled joints.
+    """
+    weight = valid.to(occlusion_logits.dtype)
+    losses = F.binary_cross_entropy_with_logits(occlusion_logits, occluded.to(occlusion_logits.dtype),
+                                                reduction='none')
+    return (losses * weight).sum() / weight.sum().clamp(min=1.0)

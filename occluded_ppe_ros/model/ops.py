@@ -1,0 +1,282 @@
+"""Small ops of the network, each a function (plus a module wrapper where it has parameters).
+
+- `ChannelAttention`: the attention between encoder and each task decoder (paper section 2.1: "GAP on
+  feature maps to generate a vector that is multiplied with the same feature map"). The pooled vector
+  goes through a 1x1 bottleneck and a sigmoid before the multiplication (squeeze-and-excitation form),
+  so the scaling is learned, bounded in (0, 1) and starts near 0.5 for every channel instead of
+  multiplying the map by its raw mean (which would square the feature scale).
+- `grad_reverse` / `GradientReversal`: identity forward, gradient times -lambda backward (DANN).
+- `mask_gate`, `random_occlusion_gate`: the mask-and-predict gating of instance features.
+- `decode_heatmaps`: keypoint argmax with sub-pixel quarter-offset refinement.
+- `rois_from_boxes`: per-image boxes -> the [R, 5] rows torchvision.ops.roi_align takes.
+
+Coordinates: "cell coordinates" of a map of W x H cells put cell (r, c)'s centre at (c + 0.5, r + 0.5),
+the same continuous convention as image pixels.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ChannelAttention(nn.Module):
+    """GAP attention: x * sigmoid(W2 relu(W1 GAP(x))), shape preserved ([B, C, H, W])."""
+
+    def __init__(self, channels: int, reduction: int = 4) -> None:
+        super().__init__()
+        hidden = max(channels // reduction, 8)
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x float [B, C, H, W]. Returns x scaled per channel, [B, C, H, W]."""
+        pooled = x.mean(dim=(2, 3), keepdim=True)
+        weights = torch.sigmoid(self.fc2(F.relu(self.fc1(pooled))))
+        return x * weights
+
+
+class _GradientReversalFunction(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_output: torch.Tensor):
+        return -ctx.scale * grad_output, None
+
+
+def grad_reverse(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+    """Identity in the forward pass; the gradient flowing back through it is multiplied by -scale."""
+    return _GradientReversalFunction.apply(x, scale)
+
+
+class GradientReversal(nn.Module):
+    """Module form of `grad_reverse` with a fixed scale (lambda)."""
+
+    def __init__(self, scale: float = 1.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Identity; reverses and scales the gradient."""
+        return grad_reverse(x, self.scale)
+
+
+def rois_from_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Per-image boxes -> RoIAlign rows.
+
+    Args:
+        boxes: B tensors [N_b, 4] x1, y1, x2, y2 in network-input pixels.
+
+    Returns:
+        float [sum N_b, 5]: (image index, x1, y1, x2, y2).
+    """
+    rows = []
+    for index, image_boxes in enumerate(boxes):
+        column = torch.full((image_boxes.shape[0], 1), float(index), dtype=image_boxes.dtype,
+                            device=image_boxes.device)
+        rows.append(torch.cat([column, image_boxes], dim=1))
+    if not rows:
+        return torch.zeros((0, 5))
+    return torch.cat(rows, dim=0)
+
+
+def mask_gate(mask_probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Resample box-relative masks onto a RoI grid that covers the same box.
+
+    Both grids span the box exactly, so bilinear resampling with align_corners=False maps cell centre
+    to cell centre (a cell at (c + 0.5) / width of the box reads the mask at the same box fraction).
+
+    Args:
+        mask_probs: float [N, Hm, Wm] in [0, 1], over each instance's box.
+        height: RoI grid height.
+        width: RoI grid width.
+
+    Returns:
+        float [N, 1, height, width] gate in [0, 1].
+    """
+    return F.interpolate(mask_probs[:, None], size=(height, width), mode='bilinear', align_corners=False)
+
+
+def visible_box_gate(boxes: torch.Tensor, visible_boxes: torch.Tensor, height: int,
+                     width: int) -> torch.Tensor:
+    """A gate that is 1 on RoI cells whose centre lies in the visible box (used where no mask is known).
+
+    Args:
+        boxes: float [N, 4] full boxes (the RoIs), pixels.
+        visible_boxes: float [N, 4] visible boxes, pixels.
+        height: RoI grid height.
+        width: RoI grid width.
+
+    Returns:
+        float [N, 1, height, width] of 0 / 1.
+    """
+    x1, y1, x2, y2 = boxes.unbind(dim=1)
+    fx = (torch.arange(width, dtype=boxes.dtype, device=boxes.device) + 0.5) / width
+    fy = (torch.arange(height, dtype=boxes.dtype, device=boxes.device) + 0.5) / height
+    cx = x1[:, None] + fx[None] * (x2 - x1)[:, None]          # [N, W]
+    cy = y1[:, None] + fy[None] * (y2 - y1)[:, None]          # [N, H]
+    inside_x = (cx >= visible_boxes[:, 0:1]) & (cx <= visible_boxes[:, 2:3])
+    inside_y = (cy >= visible_boxes[:, 1:2]) & (cy <= visible_boxes[:, 3:4])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).to(boxes.dtype)[:, None]
+
+
+def random_occlusion_gate(count: int, height: int, width: int, ratio: float,
+                          generator: torch.Generator | None = None,
+                          device: torch.device | str = 'cpu') -> torch.Tensor:
+    """Mask-and-predict curriculum: zero a random rectangle covering `ratio` of each RoI grid.
+
+    The rectangle has a random aspect (its width fraction drawn in [ratio, 1], height fraction =
+    ratio / width fraction, both rounded to whole cells) at a random position, so the hidden part may be
+    a band across the legs, a side, or a block, as occluders in traffic scenes are.
+
+    Args:
+        count: number of instances N.
+        height: RoI grid height.
+        width: RoI grid width.
+        ratio: share of the grid to hide, in [0, 1); 0 gives all ones.
+        generator: random generator (CPU) for reproducibility.
+        device: device of the returned tensor.
+
+    Returns:
+        float [N, 1, height, width] of 0 / 1 (0 = hidden).
+    """
+    if not 0.0 <= ratio < 1.0:
+        raise ValueError(f'mask_ratio must be in [0, 1), got {ratio}')
+    gate = torch.ones((count, 1, height, width))
+    if ratio == 0.0 or count == 0:
+        return gate.to(device)
+    uniform = torch.rand((count, 3), generator=generator)
+    for index in range(count):
+        width_fraction = ratio + (1.0 - ratio) * float(uniform[index, 0])
+        height_fraction = min(1.0, ratio / width_fraction)
+        cells_w = max(1, round(width_fraction * width))
+        cells_h = max(1, round(height_fraction * height))
+        left = int(float(uniform[index, 1]) * (width - cells_w + 1))
+        top = int(float(uniform[index, 2]) * (height - cells_h + 1))
+        gate[index, 0, top:top + cells_h, left:left + cells_w] = 0.0
+    return gate.to(device)
+
+
+def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keypoint locations from heatmap logits: argmax, then a quarter-cell step toward the higher neighbour.
+
+    The quarter-offset rule (used by Simple Baselines / HRNet) moves the estimate 0.25 cell along each
+    axis toward the larger of the two neighbours of the peak, a cheap sub-pixel correction that exports
+    as a gather and a sign. At the map border the missing neighbour is the peak itself (index clamped),
+    so a border peak moves 0.25 toward the border unless the inner neighbour is equal.
+
+    Args:
+        heatmaps: float [N, J, H, W] logits (a larger logit = more likely).
+
+    Returns:
+        xy: float [N, J, 2] in cell coordinates (cell (r, c) centre = (c + 0.5, r + 0.5)).
+        scores: float [N, J], sigmoid of the peak logit.
+        flat_index: int64 [N, J], r * W + c of the peak cell.
+    """
+    n, j, h, w = heatmaps.shape
+    flat = heatmaps.reshape(n, j, h * w)
+    peak, flat_index = flat.max(dim=2)
+    row = torch.div(flat_index, w, rounding_mode='floor')
+    col = flat_index - row * w
+    left = row * w + (col - 1).clamp(min=0)
+    right = row * w + (col + 1).clamp(max=w - 1)
+    up = (row - 1).clamp(min=0) * w + col
+    down = (row + 1).clamp(max=h - 1) * w + col
+    neighbours = torch.gather(flat, 2, torch.stack([left, right, up, down], dim=2).reshape(n, j, 4))
+    dx = torch.sign(neighbours[..., 1] - neighbours[..., 0]) * 0.25
+    dy = torch.sign(neighbours[..., 3] - neighbours[..., 2]) * 0.25
+    x = col.to(heatmaps.dtype) + 0.5 + dx
+    y = row.to(heatmaps.dtype) + 0.5 + dy
+    return torch.stack([x, y], dim=2), torch.sigmoid(peak), flat_index
+
+
+def cells_to_pixels(xy_cells: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Map cell coordinates of a heatmap spanning each box to pixels.
+
+    Args:
+        xy_cells: float [N, J, 2] cell coordinates on an H x W map over the box.
+        boxes: float [N, 4] x1, y1, x2, y2 pixels.
+        height: map height H.
+        width: map width W.
+
+    Returns:
+        float [N, J, 2] pixels.
+    """
+    scale_x = (boxes[:, 2] - boxes[:, 0]) / width
+    scale_y = (boxes[:, 3] - boxes[:, 1]) / height
+    x = boxes[:, None, 0] + xy_cells[..., 0] * scale_x[:, None]
+    y = boxes[:, None, 1] + xy_cells[..., 1] * scale_y[:, None]
+    return torch.stack([x, y], dim=2)
+
+
+def gaussian_2d(center_x: torch.Tensor, center_y: torch.Tensor, sigma_x: torch.Tensor, sigma_y: torch.Tensor,
+                height: int, width: int) -> torch.Tensor:
+    """Unnormalised Gaussians exp(-dx^2 / 2sx^2 - dy^2 / 2sy^2) sampled at cell centres.
+
+    Args:
+        center_x: float [N] in cell coordinates; likewise center_y, sigma_x, sigma_y (cells, > 0).
+        center_y: float [N].
+        sigma_x: float [N].
+        sigma_y: float [N].
+        height: map height.
+        width: map width.
+
+    Returns:
+        float [N, height, width].
+    """
+    xs = torch.arange(width, dtype=center_x.dtype, device=center_x.device) + 0.5
+    ys = torch.arange(height, dtype=center_x.dtype, device=center_x.device) + 0.5
+    gx = torch.exp(-((xs[None] - center_x[:, None]) ** 2) / (2 * sigma_x[:, None] ** 2))
+    gy = torch.exp(-((ys[None] - center_y[:, None]) ** 2) / (2 * sigma_y[:, None] ** 2))
+    return gy[:, :, None] * gx[:, None, :]
+
+
+def keypoint_targets(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                     sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gaussian heatmap targets of keypoints on an H x W map spanning each box.
+
+    The peak cell (value exactly 1) is the cell containing the joint; the Gaussian is centred on that
+    cell's centre so the focal loss has one positive per joint.
+
+    Args:
+        keypoints: float [N, J, 3] x, y (pixels), v (COCO: 0 unlabelled, 1 occluded, 2 visible).
+        boxes: float [N, 4] the RoI boxes, pixels.
+        height: heatmap height.
+        width: heatmap width.
+        sigma: Gaussian sigma in cells.
+
+    Returns:
+        targets: float [N, J, H, W] in [0, 1].
+        valid: bool [N, J]: labelled (v > 0) and inside the box.
+        flat_index: int64 [N, J], row * W + col of the joint's cell (0 where not valid).
+    """
+    n, j, _ = keypoints.shape
+    box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
+    box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
+    cx = (keypoints[..., 0] - boxes[:, None, 0]) / box_w[:, None] * width
+    cy = (keypoints[..., 1] - boxes[:, None, 1]) / box_h[:, None] * height
+    col = torch.floor(cx)
+    row = torch.floor(cy)
+    valid = (keypoints[..., 2] > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    col = torch.where(valid, col, torch.zeros_like(col))
+    row = torch.where(valid, row, torch.zeros_like(row))
+    sigmas = torch.full((n * j,), float(sigma), dtype=keypoints.dtype, device=keypoints.device)
+    targets = gaussian_2d((col + 0.5).reshape(-1), (row + 0.5).reshape(-1), sigmas, sigmas, height, width)
+    targets = targets.reshape(n, j, height, width) * valid[..., None, None].to(keypoints.dtype)
+    flat_index = (row * width + col).long()
+    return targets, valid, flat_index
+
+
+def focal_radius_sigma(size: torch.Tensor, alpha: float) -> torch.Tensor:
+    """The Gaussian sigma of TTFNet for an object side: alpha * side / 6 (clamped to >= 0.5 cell)."""
+    return (alpha * size / 6.0).clamp(min=0.5)
+
+
+def inverse_sigmoid(probability: float) -> float:
+    """log(p / (1 - p)): the bias giving a prior probability p after a sigmoid."""
+    return math.log(probability / (1.0 - probability))

@@ -1,0 +1,163 @@
+"""The distribution-invariant pose stage (paper section 2.2): E_Pose, D_Pose and D_C behind a GRL.
+
+Pipeline per instance (shared by both branches, which is what makes it distribution invariant):
+1. RoIAlign (aligned=True) of the instance's full box onto the branch encoder's output map (the "last
+   layer of encoded feature maps") to roi_height x roi_width cells. The RoI is the full (amodal) box as
+   is - no aspect padding - so the box-relative mask grid and the RoI grid cover the same rectangle and
+   the gate is a plain resampling (`ops.mask_gate`); a box is tall for a pedestrian, so 16 x 12 cells
+   distort little.
+2. Mask-and-predict gating: features x gate. At inference the gate is the predicted visible-mask
+   probability (soft, so an uncertain mask does not cut features off hard). In training it is the
+   ground-truth visible mask (or the visible box where no mask is known) times a random rectangle hiding
+   `mask_ratio` of the box (the curriculum of section 3.1: the trainer raises mask_ratio over time), so
+   E_Pose learns to place joints it cannot see.
+3. E_Pose: `encoder_convs` 3x3 conv + GN + ReLU. D_C: GAP of E_Pose's features -> gradient reversal ->
+   MLP -> one domain logit per instance (1 = source). The reversal makes E_Pose's features domain
+   invariant while D_C learns to tell the domains apart (DANN; Kocabas et al. use the same form).
+4. D_Pose: `decoder_deconvs` 4x4 stride-2 deconvolutions + GN + ReLU, then a 1x1 conv to 2 x 13 maps:
+   13 keypoint heatmap logits and 13 occlusion logit maps (heatmap = roi x 2 ** decoder_deconvs cells).
+   D_Pose runs only on source-domain instances with keypoints in training, so target-domain inputs
+   never update it (the paper's rule).
+
+Keypoint outputs: location = heatmap argmax refined a quarter cell toward the higher neighbour
+(`ops.decode_heatmaps`), score = sigmoid of the peak logit, occlusion = sigmoid of the occlusion map at
+the peak cell. The occlusion estimate is *learned*: COCO labels v = 1 (labelled but hidden), and joints
+under the random mask-and-predict rectangle are hidden by construction; both are positives. A learned
+head was preferred over "outside the predicted visible mask" because the mask cannot tell a joint hidden
+by another person's body inside the box (self-occlusion, a crossing arm) from a visible one.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import roi_align
+
+from occluded_ppe_ros.model.backbone import _groups
+from occluded_ppe_ros.model.config import PoseConfig
+from occluded_ppe_ros.model.ops import GradientReversal, cells_to_pixels, decode_heatmaps, inverse_sigmoid
+from occluded_ppe_ros.skeleton import NUM_KEYPOINTS
+
+
+class PoseStage(nn.Module):
+    """E_Pose + D_Pose + D_C. See the module docstring for the data flow."""
+
+    def __init__(self, in_channels: int, stride: int, cfg: PoseConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.stride = stride
+        layers: list[nn.Module] = []
+        channels = in_channels
+        for _ in range(cfg.encoder_convs):
+            layers += [nn.Conv2d(channels, cfg.encoder_channels, 3, padding=1, bias=False),
+                       nn.GroupNorm(_groups(cfg.encoder_channels), cfg.encoder_channels),
+                       nn.ReLU(inplace=True)]
+            channels = cfg.encoder_channels
+        self.encoder = nn.Sequential(*layers)          # E_Pose
+        decoder: list[nn.Module] = []
+        for _ in range(cfg.decoder_deconvs):
+            decoder += [nn.ConvTranspose2d(channels, cfg.decoder_channels, 4, stride=2, padding=1,
+                                           bias=False),
+                        nn.GroupNorm(_groups(cfg.decoder_channels), cfg.decoder_channels),
+                        nn.ReLU(inplace=True)]
+            channels = cfg.decoder_channels
+        decoder.append(nn.Conv2d(channels, 2 * NUM_KEYPOINTS, 1))
+        self.decoder = nn.Sequential(*decoder)         # D_Pose
+        nn.init.constant_(self.decoder[-1].bias[:NUM_KEYPOINTS], inverse_sigmoid(0.1))
+        nn.init.constant_(self.decoder[-1].bias[NUM_KEYPOINTS:], 0.0)
+        self.gradient_reversal = GradientReversal(cfg.grl_lambda)
+        self.domain_classifier = nn.Sequential(        # D_C
+            nn.Linear(cfg.encoder_channels, cfg.domain_hidden), nn.ReLU(inplace=True),
+            nn.Linear(cfg.domain_hidden, 1))
+        self.heatmap_height = cfg.roi_height * 2 ** cfg.decoder_deconvs
+        self.heatmap_width = cfg.roi_width * 2 ** cfg.decoder_deconvs
+
+    def pool(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
+        """Pool instances onto the encoder map with RoIAlign.
+
+        Args:
+            features: float [B, C, h, w] encoder output.
+            rois: float [R, 5] (image index, x1, y1, x2, y2 pixels).
+
+        Returns:
+            float [R, C, roi_height, roi_width].
+        """
+        return roi_align(features, rois, output_size=(self.cfg.roi_height, self.cfg.roi_width),
+                         spatial_scale=1.0 / self.stride, sampling_ratio=2, aligned=True)
+
+    def encode(self, pooled: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        """E_Pose on gated instance features: [R, C, rh, rw] x [R, 1, rh, rw] -> [R, C_pose, rh, rw]."""
+        return self.encoder(pooled * gate)
+
+    def domain_logits(self, encoded: torch.Tensor) -> torch.Tensor:
+        """D_C behind the GRL: [R, C_pose, rh, rw] -> [R] logits (1 = source domain)."""
+        pooled = encoded.mean(dim=(2, 3))
+        return self.domain_classifier(self.gradient_reversal(pooled))[:, 0]
+
+    def decode(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """D_Pose: [R, C_pose, rh, rw] -> (heatmap logits, occlusion logits), each [R, 13, Hh, Wh]."""
+        maps = self.decoder(encoded)
+        return maps[:, :NUM_KEYPOINTS], maps[:, NUM_KEYPOINTS:]
+
+    def keypoints(self, encoded: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode keypoints of R instances.
+
+        Args:
+            encoded: float [R, C_pose, rh, rw] E_Pose output.
+            boxes: float [R, 4] the RoI boxes, pixels.
+
+        Returns:
+            keypoints float [R, 13, 3] (x, y pixels, score in [0, 1]); occluded float [R, 13] probability.
+        """
+        heatmap_logits, occlusion_logits = self.decode(encoded)
+        xy, scores, flat_index = decode_heatmaps(heatmap_logits)
+        occlusion = torch.sigmoid(occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0])
+        pixels = cells_to_pixels(xy, boxes, self.heatmap_height, self.heatmap_width)
+        return torch.cat([pixels, scores[..., None]], dim=2), occlusion
+
+
+def gate_hides(gate: torch.Tensor, keypoints: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Whether each joint lies in a hidden (gate < 0.5) cell of its instance's RoI grid.
+
+    Args:
+        gate: float [R, 1, rh, rw].
+        keypoints: float [R, J, 3] pixels.
+        boxes: float [R, 4] pixels.
+
+    Returns:
+        bool [R, J] (False for joints outside the box).
+    """
+    rh, rw = gate.shape[-2:]
+    width = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
+    height = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
+    col = torch.floor((keypoints[..., 0] - boxes[:, None, 0]) / width[:, None] * rw).long()
+    row = torch.floor((keypoints[..., 1] - boxes[:, None, 1]) / height[:, None] * rh).long()
+    inside = (col >= 0) & (col < rw) & (row >= 0) & (row < rh)
+    flat = (row.clamp(0, rh - 1) * rw + col.clamp(0, rw - 1))
+    values = gate.flatten(1).gather(1, flat)
+    return inside & (values < 0.5)
+
+
+def soft_visible_gate(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Ground-truth visible masks resampled to the RoI grid of their boxes (bilinear RoIAlign).
+
+    Args:
+        masks: [N, H, W] full-image masks (any numeric dtype), network-input pixels.
+        boxes: float [N, 4] pixels.
+        height: RoI grid height.
+        width: RoI grid width.
+
+    Returns:
+        float [N, 1, height, width] in [0, 1].
+    """
+    if masks.shape[0] == 0:
+        return boxes.new_zeros((0, 1, height, width))
+    index = torch.arange(boxes.shape[0], dtype=boxes.dtype, device=boxes.device)
+    rois = torch.cat([index[:, None], boxes], 1)
+    return roi_align(masks[:, None].to(boxes.dtype), rois, output_size=(height, width), spatial_scale=1.0,
+                     sampling_ratio=2, aligned=True).clamp(0.0, 1.0)
+
+
+def upsample_gate(gate: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Nearest resampling of a [R, 1, rh, rw] gate to another grid over the same boxes."""
+    return F.interpolate(gate, size=(height, width), mode='nearest')

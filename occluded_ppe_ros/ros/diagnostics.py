@@ -1,0 +1,125 @@
+"""Pipeline statistics for /diagnostics: per-stage latency, input and processed rates, drop counters.
+
+`PipelineStats` is thread-safe (the subscription callbacks and the inference worker both record into
+it) and has no ROS dependency beyond building the diagnostic_msgs message.
+"""
+from __future__ import annotations
+
+import collections
+import threading
+import time
+
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from std_msgs.msg import Header
+
+# The stages timed for every processed frame, in pipeline order (milliseconds).
+STAGES: tuple[str, ...] = ('decode', 'preprocess', 'inference', 'postprocess', 'publish')
+# Counters, each reported as a total since configure.
+COUNTERS: tuple[str, ...] = ('received', 'processed', 'superseded', 'too_old', 'rejected')
+
+
+class PipelineStats:
+    """Rolling latency statistics and counters of the node's pipeline.
+
+    Args:
+        window: number of most recent frames the latency statistics and rates cover.
+    """
+
+    def __init__(self, window: int = 100) -> None:
+        self._lock = threading.Lock()
+        self._window = window
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything (on configure)."""
+        with self._lock:
+            self._stage_ms = {stage: collections.deque(maxlen=self._window) for stage in STAGES}
+            self._total_ms: collections.deque[float] = collections.deque(maxlen=self._window)
+            self._age_ms: collections.deque[float] = collections.deque(maxlen=self._window)
+            self._received_times: collections.deque[float] = collections.deque(maxlen=self._window)
+            self._processed_times: collections.deque[float] = collections.deque(maxlen=self._window)
+            self.counters = dict.fromkeys(COUNTERS, 0)
+            self.last_rejection = ''
+            self.last_event_rejected = False
+
+    def count(self, counter: str, reason: str = '') -> None:
+        """Add one to a counter of COUNTERS (`reason`: why, for 'rejected')."""
+        with self._lock:
+            self.counters[counter] += 1
+            if counter == 'received':
+                self._received_times.append(time.monotonic())
+            if counter == 'rejected':
+                self.last_rejection = reason
+                self.last_event_rejected = True
+
+    def record_frame(self, stage_ms: dict[str, float], age_ms: float) -> None:
+        """Record a processed frame.
+
+        Args:
+            stage_ms: milliseconds per stage of STAGES (missing stages count as 0).
+            age_ms: the frame's age when its last output was published (now - header stamp), ms.
+        """
+        with self._lock:
+            for stage in STAGES:
+                self._stage_ms[stage].append(float(stage_ms.get(stage, 0.0)))
+            self._total_ms.append(sum(float(stage_ms.get(stage, 0.0)) for stage in STAGES))
+            self._age_ms.append(age_ms)
+            self.counters['processed'] += 1
+            self.last_event_rejected = False
+            self._processed_times.append(time.monotonic())
+
+    @staticmethod
+    def _rate(times: collections.deque[float]) -> float:
+        """Events per second over the window (0 with fewer than two events)."""
+        if len(times) < 2 or times[-1] <= times[0]:
+            return 0.0
+        return (len(times) - 1) / (times[-1] - times[0])
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Snapshot: '<stage>_ms_mean', '<stage>_ms_max', 'total_ms_mean', 'age_ms_max', rates, counters."""
+        with self._lock:
+            values: dict[str, float | int | str] = {}
+            for stage in STAGES:
+                samples = self._stage_ms[stage]
+                values[f'{stage}_ms_mean'] = sum(samples) / len(samples) if samples else 0.0
+                values[f'{stage}_ms_max'] = max(samples) if samples else 0.0
+            values['total_ms_mean'] = sum(self._total_ms) / len(self._total_ms) if self._total_ms else 0.0
+            values['age_ms_mean'] = sum(self._age_ms) / len(self._age_ms) if self._age_ms else 0.0
+            values['age_ms_max'] = max(self._age_ms) if self._age_ms else 0.0
+            # A rate decays once events stop: measure up to now, not only up to the last event.
+            now = time.monotonic()
+            for name, times in (('input_rate_hz', self._received_times),
+                                ('processed_rate_hz', self._processed_times)):
+                values[name] = self._rate(collections.deque([*times, now])) if times else 0.0
+                if times and now - times[-1] > 2.0:
+                    values[name] = 0.0
+            values.update(self.counters)
+            values['last_rejection'] = self.last_rejection
+            return values
+
+
+def diagnostic_array(stats: PipelineStats, header: Header, node_name: str, backend: str, model: str,
+                     state: str) -> DiagnosticArray:
+    """One DiagnosticStatus for the pipeline; every statistic of `PipelineStats.summary` is a key-value pair.
+
+    Level: WARN when the node is not active, or when the latest input frame was rejected (bad input,
+    reason in the message); OK otherwise.
+    """
+    values = stats.summary()
+    status = DiagnosticStatus(name=f'{node_name}: pipeline', hardware_id=model)
+    if state != 'active':
+        status.level, status.message = DiagnosticStatus.WARN, f'{state}: not processing'
+    elif stats.last_event_rejected:
+        status.level, status.message = DiagnosticStatus.WARN, f"rejecting input: {values['last_rejection']}"
+    elif values['received'] == 0:
+        status.level, status.message = DiagnosticStatus.OK, 'active, waiting for images'
+    else:
+        status.level = DiagnosticStatus.OK
+        status.message = (f"active: {values['processed_rate_hz']:.1f} Hz processed of "
+                          f"{values['input_rate_hz']:.1f} Hz received")
+    pairs = [('backend', backend), ('model', model), ('state', state)]
+    for key, value in values.items():
+        text = f'{value:.3f}' if isinstance(value, float) else str(value)
+        pairs.append((key, text))
+    status.values = [KeyValue(key=key, value=value) for key, value in pairs]
+    return DiagnosticArray(header=header, status=[status])

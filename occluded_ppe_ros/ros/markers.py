@@ -1,0 +1,142 @@
+"""RViz skeleton markers: joints as sphere lists, limbs as line lists, in the camera's optical frame.
+
+Each image point is back-projected through the camera intrinsics onto the plane Z = `depth` metres in
+the optical frame of the image's header (x right, y down, z forward: REP-103's `_optical` convention),
+so that RViz's Camera display, which projects markers with the same camera_info, draws them exactly on
+top of the image. Without camera_info the node uses `Intrinsics.virtual`: a pinhole with focal length =
+image width in pixels and the principal point at the image centre, i.e. the image spans a rectangle
+`depth` metres wide at Z = `depth` (the documented pixel-scaled frame: 1 px = depth / width metres).
+
+Points of the results contract use the continuous convention (pixel (r, c) has its centre at
+(c + 0.5, r + 0.5)); camera_info's K uses pixel centres at integers, hence the 0.5 shift.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from geometry_msgs.msg import Point
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from occluded_ppe_ros.draw import (OCCLUDED_COLOR, STATE_NOT_PRESENT, STATE_OCCLUDED, VISIBLE_COLOR,
+                                   keypoint_states)
+from occluded_ppe_ros.inference.results import Pedestrian
+from occluded_ppe_ros.skeleton import LIMBS
+
+JOINT_NAMESPACE = 'ppe_joints'
+LIMB_NAMESPACE = 'ppe_limbs'
+
+
+@dataclass(frozen=True)
+class Intrinsics:
+    """Pinhole intrinsics in camera_info's convention (pixel centres at integer coordinates), pixels."""
+
+    fx: float
+    fy: float
+    cx: float
+    cy: float
+
+    @classmethod
+    def from_camera_info(cls, k: Sequence[float], info_width: int, info_height: int,
+                         image_width: int, image_height: int) -> Intrinsics:
+        """From CameraInfo's row-major K, rescaled when the image's size differs from the calibration's.
+
+        Raises:
+            ValueError: K has a non-positive focal length (an uncalibrated camera publishes zeros).
+        """
+        fx, cx, fy, cy = float(k[0]), float(k[2]), float(k[4]), float(k[5])
+        if fx <= 0 or fy <= 0:
+            raise ValueError(f'camera_info K has non-positive focal lengths fx={fx}, fy={fy}')
+        scale_x = image_width / info_width if info_width > 0 else 1.0
+        scale_y = image_height / info_height if info_height > 0 else 1.0
+        # A pixel centre maps to a pixel centre under resizing: (u + 0.5) * s - 0.5.
+        return cls(fx * scale_x, fy * scale_y, (cx + 0.5) * scale_x - 0.5, (cy + 0.5) * scale_y - 0.5)
+
+    @classmethod
+    def virtual(cls, image_width: int, image_height: int) -> Intrinsics:
+        """The documented stand-in without camera_info: f = image width, principal point at the centre."""
+        return cls(float(image_width), float(image_width), image_width / 2.0 - 0.5, image_height / 2.0 - 0.5)
+
+
+def back_project(points_xy: np.ndarray, intrinsics: Intrinsics, depth: float) -> np.ndarray:
+    """Image points onto the plane Z = depth of the optical frame.
+
+    Args:
+        points_xy: float [N, 2] x, y in image pixels (continuous convention).
+        intrinsics: the camera's.
+        depth: metres, > 0.
+
+    Returns:
+        float64 [N, 3] X, Y, Z in metres (optical frame: x right, y down, z forward).
+    """
+    points = np.asarray(points_xy, dtype=np.float64).reshape(-1, 2)
+    u = points[:, 0] - 0.5
+    v = points[:, 1] - 0.5
+    x = (u - intrinsics.cx) * depth / intrinsics.fx
+    y = (v - intrinsics.cy) * depth / intrinsics.fy
+    return np.stack([x, y, np.full_like(x, depth)], axis=1)
+
+
+def _color(rgb: tuple[int, int, int]) -> ColorRGBA:
+    return ColorRGBA(r=rgb[0] / 255.0, g=rgb[1] / 255.0, b=rgb[2] / 255.0, a=1.0)
+
+
+def _points(xyz: np.ndarray) -> list[Point]:
+    """Point messages of float [N, 3] (tolist() yields Python floats, which the float64 fields need)."""
+    return [Point(x=x, y=y, z=z) for x, y, z in xyz.tolist()]
+
+
+def skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsics: Intrinsics,
+                     depth: float, keypoint_threshold: float, joint_diameter_px: float = 8.0,
+                     limb_width_px: float = 3.0) -> MarkerArray:
+    """The frame's skeletons as markers, preceded by a DELETEALL that removes the previous frame's.
+
+    All pedestrians share one sphere list and one line list (per-point colours carry the states): two
+    markers per frame instead of two per pedestrian keeps the message cheap to build in Python.
+
+    Args:
+        pedestrians: the frame's results (input-image pixels).
+        header: the input image's header (frame_id = the camera's optical frame).
+        intrinsics: of the input image (`Intrinsics.from_camera_info` or `Intrinsics.virtual`).
+        depth: metres; the plane the skeletons are drawn on.
+        keypoint_threshold: joints scoring below it are not drawn, nor their limbs.
+        joint_diameter_px: sphere diameter as it appears in the image, pixels.
+        limb_width_px: line width as it appears in the image, pixels.
+
+    Returns:
+        MarkerArray: [DELETEALL, SPHERE_LIST (ns ppe_joints, id 0), LINE_LIST (ns ppe_limbs, id 0)]; each
+        list is left out when empty. Colours per point: green visible, orange occluded (a limb is orange
+        if either end is occluded).
+    """
+    metres_per_pixel = depth / intrinsics.fx
+    message = MarkerArray()
+    message.markers.append(Marker(header=header, action=Marker.DELETEALL))
+    visible, occluded = _color(VISIBLE_COLOR), _color(OCCLUDED_COLOR)
+    joints = Marker(header=header, ns=JOINT_NAMESPACE, id=0, type=Marker.SPHERE_LIST, action=Marker.ADD,
+                    color=visible)
+    joints.pose.orientation.w = 1.0
+    joints.scale.x = joints.scale.y = joints.scale.z = float(joint_diameter_px * metres_per_pixel)
+    limbs = Marker(header=header, ns=LIMB_NAMESPACE, id=0, type=Marker.LINE_LIST, action=Marker.ADD,
+                   color=visible)
+    limbs.pose.orientation.w = 1.0
+    limbs.scale.x = float(limb_width_px * metres_per_pixel)
+    for pedestrian in pedestrians:
+        states = keypoint_states(pedestrian.keypoint_scores, pedestrian.keypoint_occluded, keypoint_threshold)
+        if not states.any():
+            continue
+        points = _points(back_project(pedestrian.keypoints, intrinsics, depth))
+        for joint in np.flatnonzero(states != STATE_NOT_PRESENT):
+            joints.points.append(points[joint])
+            joints.colors.append(occluded if states[joint] == STATE_OCCLUDED else visible)
+        for first, second in LIMBS:
+            if STATE_NOT_PRESENT in (states[first], states[second]):
+                continue
+            color = occluded if STATE_OCCLUDED in (states[first], states[second]) else visible
+            limbs.points.extend([points[first], points[second]])
+            limbs.colors.extend([color, color])
+    for marker in (joints, limbs):
+        if marker.points:
+            message.markers.append(marker)
+    return message

@@ -1,0 +1,419 @@
+"""`ppe_node`: the lifecycle node that runs the network on camera images and publishes its results.
+
+Topics (relative names; remap them, or set image_topic / camera_info_topic):
+  in:  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage), camera_info
+  out: detections (vision_msgs/Detection2DArray), poses (occluded_ppe_msgs/PedestrianPoseArray),
+       markers (visualization_msgs/MarkerArray), masks (sensor_msgs/Image instance labels, only while
+       subscribed), overlay (sensor_msgs/Image, only while subscribed), /diagnostics.
+Every output carries the input image's header.
+
+Lifecycle: configure loads the model and creates the topics, activate starts processing, deactivate
+stops it, cleanup frees the model. With `autostart` (default) `main()` configures and activates at
+start-up; if configure fails (e.g. missing or corrupt model) the process logs one line naming the file
+and the reason and exits with status 1.
+
+Threads: the executor runs the subscription callbacks, which only validate a frame's metadata and put
+it into a one-frame slot (a newer frame replaces a pending one); one worker thread decodes, runs the
+model and publishes, so the model never falls behind on a queue.
+"""
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from occluded_ppe_msgs.msg import PedestrianPoseArray
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from std_msgs.msg import Header
+from vision_msgs.msg import Detection2DArray
+from visualization_msgs.msg import MarkerArray
+
+from occluded_ppe_ros.draw import render_overlay
+from occluded_ppe_ros.ros import conversions
+from occluded_ppe_ros.ros.diagnostics import PipelineStats, diagnostic_array
+from occluded_ppe_ros.ros.frame_slot import LatestFrameSlot
+from occluded_ppe_ros.ros.markers import Intrinsics, skeleton_markers
+from occluded_ppe_ros.ros.parameters import PARAMETERS, ParameterSpec, validate_parameter
+
+NODE_NAME = 'ppe_node'
+PACKAGE_NAME = 'occluded_ppe_ros'
+_SOURCE_ROOT = Path(__file__).resolve().parents[2]
+# Output QoS: reliable (a best-effort or reliable subscriber both match), shallow so a slow subscriber
+# never makes the node buffer old results.
+_RESULT_QOS = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+_IMAGE_OUT_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+_WARN_THROTTLE_S = 2.0
+
+
+# Node parameters that are Predictor thresholds (same names; nms_threshold 1.0 = the model's own NMS only).
+_MODEL_THRESHOLDS = ('score_threshold', 'nms_threshold', 'occlusion_threshold')
+
+
+def _model_thresholds(values: dict[str, Any]) -> dict[str, float | None]:
+    """The Predictor.set_thresholds arguments among changed parameter values."""
+    thresholds: dict[str, float | None] = {}
+    for name in _MODEL_THRESHOLDS:
+        if name in values:
+            value = float(values[name])
+            thresholds[name] = None if name == 'nms_threshold' and value >= 1.0 else value
+    return thresholds
+
+
+def resolve_model_path(path: str) -> Path:
+    """An absolute path as is; a relative one under the package share directory (else the source tree).
+
+    The share directory comes from the ament index (needs AMENT_PREFIX_PATH); running from a source
+    checkout without an install, the repository root stands in for it.
+    """
+    candidate = Path(path).expanduser()
+    if candidate.is_absolute():
+        return candidate
+    roots: list[Path] = []
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+        try:
+            roots.append(Path(get_package_share_directory(PACKAGE_NAME)))
+        except PackageNotFoundError:
+            pass
+    except ImportError:
+        pass
+    roots.append(_SOURCE_ROOT)
+    for root in roots:
+        if (root / candidate).exists():
+            return root / candidate
+    return roots[0] / candidate
+
+
+def _descriptor(spec: ParameterSpec) -> ParameterDescriptor:
+    """ROS descriptor of a table entry: description, and the numeric range RViz/rqt can show."""
+    descriptor = ParameterDescriptor(description=spec.description)
+    if spec.choices:
+        descriptor.additional_constraints = f'one of: {", ".join(spec.choices)}'
+    if spec.minimum is not None and spec.maximum is not None and not isinstance(spec.default, bool):
+        if isinstance(spec.default, int):
+            descriptor.integer_range = [IntegerRange(from_value=int(spec.minimum), to_value=int(spec.maximum),
+                                                     step=int(spec.multiple_of or 0))]
+        elif isinstance(spec.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=float(spec.minimum),
+                                                                  to_value=float(spec.maximum), step=0.0)]
+    return descriptor
+
+
+class PPENode(LifecycleNode):
+    """The perception lifecycle node (see the module docstring)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in PARAMETERS:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self.stats = PipelineStats()
+        self.configure_error = ''
+        self._slot: LatestFrameSlot[tuple[Any, float]] = LatestFrameSlot()
+        self._active = threading.Event()
+        self._stop_worker = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._predictor = None
+        self._backend_name = ''
+        self._model_name = ''
+        self._camera_info: CameraInfo | None = None
+        self._configured = False
+        self._lifecycle_state = 'unconfigured'
+        self._subscriptions_made: list[Any] = []
+        self._outputs: dict[str, Any] = {}
+        self._diagnostics_publisher = None
+        self._diagnostics_timer = None
+
+    # ----- parameters -------------------------------------------------------------------------------
+    def _on_set_parameters(self, parameters: list) -> SetParametersResult:
+        for parameter in parameters:
+            reason = validate_parameter(parameter.name, parameter.value, self._configured)
+            if reason is not None:
+                return SetParametersResult(successful=False, reason=reason)
+        predictor = self._predictor
+        if predictor is not None:
+            try:
+                predictor.set_thresholds(**_model_thresholds({p.name: p.value for p in parameters}))
+            except ValueError as error:
+                return SetParametersResult(successful=False, reason=str(error))
+        return SetParametersResult(successful=True)
+
+    def _value(self, name: str) -> Any:
+        return self.get_parameter(name).value
+
+    # ----- lifecycle --------------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        model_path = resolve_model_path(self._value('model_path'))
+        try:
+            self._predictor = self._load_predictor(model_path)
+        except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
+            self.configure_error = f'cannot load model {model_path}: {type(error).__name__}: {reason}'
+            self.get_logger().error(self.configure_error)
+            self._predictor = None
+            return TransitionCallbackReturn.FAILURE
+        self._model_name = model_path.name
+        self._create_topics()
+        self._stop_worker.clear()
+        self._worker = threading.Thread(target=self._work, name='ppe_inference', daemon=True)
+        self._worker.start()
+        self._configured = True
+        self._lifecycle_state = 'inactive'
+        self.get_logger().info(f'configured: model {model_path} on backend {self._backend_name}')
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.stats.reset()  # the diagnostics describe the current activation
+        self._active.set()
+        self._lifecycle_state = 'active'
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._active.clear()
+        self._slot.clear()
+        self._lifecycle_state = 'inactive'
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._teardown()
+        return TransitionCallbackReturn.SUCCESS
+
+    def _teardown(self) -> None:
+        """Stop the worker, destroy topics and timer, free the model (safe to call twice)."""
+        self._active.clear()
+        self._stop_worker.set()
+        if self._worker is not None:
+            self._worker.join(timeout=30.0)
+            self._worker = None
+        self._slot.clear()
+        for subscription in self._subscriptions_made:
+            self.destroy_subscription(subscription)
+        self._subscriptions_made = []
+        for publisher in self._outputs.values():
+            self.destroy_lifecycle_publisher(publisher)
+        self._outputs = {}
+        if self._diagnostics_timer is not None:
+            self.destroy_timer(self._diagnostics_timer)
+            self._diagnostics_timer = None
+        if self._diagnostics_publisher is not None:
+            self.destroy_publisher(self._diagnostics_publisher)
+            self._diagnostics_publisher = None
+        self._predictor = None
+        self._camera_info = None
+        self._configured = False
+        self._lifecycle_state = 'unconfigured'
+
+    def _load_predictor(self, model_path: Path):
+        """Load the model with the configured backend and thresholds; raises on a missing or bad file."""
+        if not model_path.is_file():
+            raise FileNotFoundError('no such file')
+        from occluded_ppe_ros.inference.predictor import Predictor
+
+        height, width = self._value('input_height'), self._value('input_width')
+        thresholds = _model_thresholds({name: self._value(name) for name in _MODEL_THRESHOLDS})
+        predictor = Predictor.from_checkpoint(model_path, backend=self._value('backend'),
+                                              device=self._value('device'),
+                                              input_size=(height, width) if height and width else None,
+                                              **thresholds)
+        self._backend_name = str(predictor.backend.name)
+        return predictor
+
+    def _create_topics(self) -> None:
+        reliability = (ReliabilityPolicy.BEST_EFFORT if self._value('qos_reliability') == 'best_effort'
+                       else ReliabilityPolicy.RELIABLE)
+        input_qos = QoSProfile(depth=self._value('qos_depth'), reliability=reliability,
+                               history=HistoryPolicy.KEEP_LAST)
+        image_topic = self._value('image_topic')
+        if self._value('compressed_input'):
+            self._subscriptions_made.append(self.create_subscription(
+                CompressedImage, f'{image_topic}/compressed', self._on_compressed, input_qos))
+        else:
+            self._subscriptions_made.append(self.create_subscription(Image, image_topic, self._on_image,
+                                                                     input_qos))
+        self._subscriptions_made.append(self.create_subscription(
+            CameraInfo, self._value('camera_info_topic'), self._on_camera_info, input_qos))
+        self._outputs = {
+            'detections': self.create_lifecycle_publisher(Detection2DArray, 'detections', _RESULT_QOS),
+            'poses': self.create_lifecycle_publisher(PedestrianPoseArray, 'poses', _RESULT_QOS),
+            'markers': self.create_lifecycle_publisher(MarkerArray, 'markers', _RESULT_QOS),
+            'masks': self.create_lifecycle_publisher(Image, 'masks', _IMAGE_OUT_QOS),
+            'overlay': self.create_lifecycle_publisher(Image, 'overlay', _IMAGE_OUT_QOS),
+        }
+        self._diagnostics_publisher = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._diagnostics_timer = self.create_timer(self._value('diagnostics_period_s'),
+                                                    self._publish_diagnostics)
+
+    # ----- input callbacks (executor thread): validate and hand over, never block -------------------
+    def _on_image(self, msg: Image) -> None:
+        self._accept(msg, conversions.check_image)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        self._accept(msg, conversions.check_compressed)
+
+    def _accept(self, msg: Any, check) -> None:
+        if not self._active.is_set():
+            return
+        self.stats.count('received')
+        try:
+            check(msg, self._value('max_image_pixels'))
+        except conversions.ImageRejected as error:
+            self._reject(str(error))
+            return
+        if self._slot.put((msg, time.monotonic())) is not None:
+            self.stats.count('superseded')
+
+    def _reject(self, reason: str) -> None:
+        self.stats.count('rejected', reason)
+        self.get_logger().warning(f'dropped an input frame: {reason}', throttle_duration_sec=_WARN_THROTTLE_S)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self._camera_info = msg
+
+    # ----- worker thread ----------------------------------------------------------------------------
+    def _work(self) -> None:
+        while not self._stop_worker.is_set():
+            pending = self._slot.take(timeout=0.1)
+            if pending is None or not self._active.is_set():
+                continue
+            try:
+                self._process(pending[0])
+            except Exception as error:  # noqa: BLE001 - one bad frame must not stop the node
+                self.get_logger().error(f'frame failed: {type(error).__name__}: {error}',
+                                        throttle_duration_sec=_WARN_THROTTLE_S)
+
+    def _age_ms(self, header: Header) -> float:
+        """Age of a frame: now - header stamp on the node's clock, ms (0 for an unstamped frame)."""
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        if stamp_ns == 0:
+            return 0.0
+        return (self.get_clock().now().nanoseconds - stamp_ns) / 1e6
+
+    def _process(self, msg: Any) -> None:
+        """Decode, infer and publish one frame (worker thread)."""
+        max_age_ms = self._value('max_frame_age_ms')
+        if max_age_ms > 0 and self._age_ms(msg.header) > max_age_ms:
+            self.stats.count('too_old')
+            return
+        stage_ms: dict[str, float] = {}
+        start = time.perf_counter()
+        try:
+            if isinstance(msg, CompressedImage):
+                rgb = conversions.compressed_to_rgb(msg, self._value('max_image_pixels'))
+            else:
+                rgb = conversions.image_to_rgb(msg, self._value('max_image_pixels'))
+        except conversions.ImageRejected as error:
+            self._reject(str(error))
+            return
+        stage_ms['decode'] = (time.perf_counter() - start) * 1e3
+        predictor = self._predictor
+        if predictor is None:
+            return
+        pedestrians, model_ms = self._predict(predictor, rgb)
+        stage_ms.update(model_ms)
+        if not self._active.is_set():
+            return  # deactivated while the model ran: the lifecycle publishers are off
+        start = time.perf_counter()
+        self._publish_results(msg.header, rgb, pedestrians)
+        stage_ms['publish'] = (time.perf_counter() - start) * 1e3
+        self.stats.record_frame(stage_ms, self._age_ms(msg.header))
+
+    @staticmethod
+    def _predict(predictor, rgb) -> tuple[list, dict[str, float]]:
+        """Run the model; returns the pedestrians and its stage times in ms (preprocess, inference, ...)."""
+        pedestrians = predictor.predict(rgb)
+        timings = predictor.last_timings
+        return pedestrians, {stage: float(timings.get(f'{stage}_ms', 0.0))
+                             for stage in ('preprocess', 'inference', 'postprocess')}
+
+    def _publish_results(self, header: Header, rgb, pedestrians: list) -> None:
+        height, width = rgb.shape[:2]
+        keypoint_threshold = self._value('keypoint_threshold')
+        ids = conversions.detection_ids(header, len(pedestrians))
+        publishers = self._outputs
+        if self._value('publish_detections'):
+            publishers['detections'].publish(conversions.to_detection_array(pedestrians, header, ids))
+        if self._value('publish_poses'):
+            publishers['poses'].publish(conversions.to_pose_array(pedestrians, header, ids, (height, width),
+                                                                  keypoint_threshold))
+        if self._value('publish_markers'):
+            publishers['markers'].publish(skeleton_markers(
+                pedestrians, header, self._intrinsics(width, height), self._value('marker_depth_m'),
+                keypoint_threshold))
+        if self._value('publish_masks') and publishers['masks'].get_subscription_count() > 0:
+            publishers['masks'].publish(conversions.to_label_image(pedestrians, header, height, width))
+        if self._value('publish_overlay') and publishers['overlay'].get_subscription_count() > 0:
+            # Render straight into the message's buffer (one full-frame copy instead of two).
+            message = conversions.numpy_to_image(rgb, header, 'rgb8')
+            canvas = np.frombuffer(message.data, dtype=np.uint8).reshape(height, width, 3)
+            render_overlay(canvas, pedestrians, keypoint_threshold)
+            publishers['overlay'].publish(message)
+
+    def _intrinsics(self, width: int, height: int) -> Intrinsics:
+        info = self._camera_info
+        if info is not None:
+            try:
+                return Intrinsics.from_camera_info(info.k, info.width, info.height, width, height)
+            except ValueError as error:
+                self.get_logger().warning(f'ignoring camera_info: {error}', throttle_duration_sec=10.0)
+        return Intrinsics.virtual(width, height)
+
+    def _publish_diagnostics(self) -> None:
+        publisher = self._diagnostics_publisher
+        if publisher is None:
+            return
+        header = Header(stamp=self.get_clock().now().to_msg())
+        publisher.publish(diagnostic_array(self.stats, header, self.get_name(), self._backend_name,
+                                           self._model_name, self._lifecycle_state))
+
+    # ----- start-up ---------------------------------------------------------------------------------
+    def autostart(self) -> bool:
+        """Configure and activate when the `autostart` parameter is true; False if configure failed."""
+        if not self._value('autostart'):
+            return True
+        if self.trigger_configure() != TransitionCallbackReturn.SUCCESS:
+            return False
+        return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
+
+
+def main(args: list[str] | None = None) -> int:
+    """Run the node until Ctrl-C or shutdown; returns the exit status (1 if autostart's configure failed)."""
+    rclpy.init(args=args)
+    node = None
+    status = 0
+    try:
+        node = PPENode()
+        if not node.autostart():
+            status = 1
+        else:
+            executor = SingleThreadedExecutor()
+            executor.add_node(node)
+            executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node._teardown()
+            node.destroy_node()
+        rclpy.try_shutdown()
+    return status
+
+
+if __name__ == '__main__':
+    sys.exit(main())

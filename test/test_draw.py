@@ -1,0 +1,80 @@
+"""Overlay rendering: pixels inside masks tinted, joints coloured by state, absent joints not drawn."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from occluded_ppe_ros import draw
+from occluded_ppe_ros.inference.results import Pedestrian
+
+
+def pedestrian(keypoints, scores, occluded, mask_origin=(10, 10), mask=None) -> Pedestrian:
+    return Pedestrian(box=np.array([10, 10, 50, 70], np.float32), class_id=0, class_name='pedestrian',
+                      score=0.8, mask=np.ones((20, 10), bool) if mask is None else mask,
+                      mask_origin=np.asarray(mask_origin), keypoints=np.asarray(keypoints, np.float32),
+                      keypoint_scores=np.asarray(scores, np.float32),
+                      keypoint_occluded=np.asarray(occluded, bool))
+
+
+def test_keypoint_states_by_threshold_and_flag():
+    scores = np.array([0.05, 0.5, 0.5, 0.29, 0.3] + [0.9] * 8)
+    occluded = np.array([True, False, True, True, True] + [False] * 8)
+    states = draw.keypoint_states(scores, occluded, 0.3)
+    assert states.tolist() == [0, 1, 2, 0, 2] + [1] * 8
+    with pytest.raises(ValueError, match='expected 13 keypoint'):
+        draw.keypoint_states(np.zeros(17), np.zeros(17, bool), 0.3)
+
+
+def test_overlay_pixels():
+    image = np.full((80, 100, 3), 100, np.uint8)
+    keypoints = np.full((13, 2), 90.5, np.float32)  # parked far right, outside any limb of interest
+    keypoints[0] = (60.5, 40.5)     # visible joint, centre of pixel (40, 60)
+    keypoints[1] = (80.5, 40.5)     # occluded joint at pixel (40, 80)
+    keypoints[2] = (70.5, 5.5)      # not present
+    scores = np.full(13, 0.1, np.float32)
+    scores[[0, 1]] = 0.9
+    scores[2] = 0.2
+    occluded = np.zeros(13, bool)
+    occluded[1] = True
+    person = pedestrian(keypoints, scores, occluded)
+    out = draw.draw_overlay(image, [person], keypoint_threshold=0.3, mask_alpha=0.5, draw_labels=False)
+    assert out.shape == image.shape and out is not image
+    assert (image == 100).all(), 'the input must not be modified'
+    # The mask covers columns 10..19, rows 10..29: tinted halfway towards the first instance colour.
+    expected_tint = np.floor(100 * 0.5 + np.array(draw.instance_color(0)) * 0.5 + 0.5)
+    np.testing.assert_array_equal(out[20, 15], expected_tint)
+    # Box edges: the rectangle runs along column 10 and row 69 (last pixel inside y2 = 70).
+    np.testing.assert_array_equal(out[40, 10], draw.instance_color(0))
+    np.testing.assert_array_equal(out[69, 30], draw.instance_color(0))
+    np.testing.assert_array_equal(out[40, 60], draw.VISIBLE_COLOR)
+    np.testing.assert_array_equal(out[40, 80], draw.OCCLUDED_COLOR)
+    np.testing.assert_array_equal(out[5, 70], (100, 100, 100))  # absent joint: nothing drawn
+    # The limb between the visible head (0) and the occluded left shoulder (1) is drawn occluded.
+    np.testing.assert_array_equal(out[40, 70], draw.OCCLUDED_COLOR)
+    np.testing.assert_array_equal(out[75, 95], (100, 100, 100))
+
+
+def test_mask_partly_outside_the_image_and_bad_inputs():
+    image = np.zeros((20, 20, 3), np.uint8)
+    person = pedestrian(np.zeros((13, 2)), np.zeros(13), np.zeros(13, bool), mask_origin=(-5, 15),
+                        mask=np.ones((10, 10), bool))
+    out = draw.draw_overlay(image, [person], 0.3, mask_alpha=1.0, draw_labels=False)
+    np.testing.assert_array_equal(out[19, 0], draw.instance_color(0))
+    np.testing.assert_array_equal(out[19, 6], (0, 0, 0))
+    with pytest.raises(ValueError, match='mask_alpha'):
+        draw.draw_overlay(image, [], 0.3, mask_alpha=1.5)
+    with pytest.raises(ValueError, match='uint8'):
+        draw.draw_overlay(image.astype(np.float32), [], 0.3)
+
+
+def test_render_in_place_matches_the_copying_variant():
+    image = np.random.default_rng(1).integers(0, 256, size=(80, 100, 3), dtype=np.uint8)
+    keypoints = np.stack([np.linspace(12, 48, 13), np.linspace(12, 68, 13)], axis=1)
+    person = pedestrian(keypoints, np.full(13, 0.9), np.arange(13) % 2 == 0)
+    expected = draw.draw_overlay(image, [person], keypoint_threshold=0.3)
+    canvas = image.copy()
+    draw.render_overlay(canvas, [person], keypoint_threshold=0.3)
+    np.testing.assert_array_equal(canvas, expected)
+    assert not np.array_equal(expected, image)
+    with pytest.raises(ValueError, match='writable C-contiguous'):
+        draw.render_overlay(image[:, ::2], [person], 0.3)

@@ -1,0 +1,206 @@
+"""ONNX export: ONNX Runtime parity with PyTorch on images and image sizes not used for the export.
+
+A tiny random ResNet-18 network keeps every export to a few seconds.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from occluded_ppe_ros.inference import export
+from occluded_ppe_ros.inference.backends.onnxruntime_backend import (OUTPUT_NAMES, OnnxRuntimeBackend,
+                                                                      read_deploy_metadata)
+from occluded_ppe_ros.model.config import ModelConfig
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+TINY_MODEL = {
+    'backbone': {'name': 'resnet18'},
+    'fpn': {'channels': 32},
+    'detection': {'head_channels': 16, 'pre_nms_topk': 20},
+    'mask': {'roi_size': 7, 'resolution': 14, 'channels': 16},
+    'pose': {'roi_height': 8, 'roi_width': 6, 'encoder_channels': 32, 'encoder_convs': 2,
+             'decoder_channels': 16, 'domain_hidden': 16},
+    'inference': {'domain': 'citypersons', 'input_height': 96, 'input_width': 128, 'max_detections': 5},
+}
+
+
+@pytest.fixture(scope='module')
+def tiny_network() -> export.LoadedNetwork:
+    from occluded_ppe_ros.model.network import build_model
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict(TINY_MODEL)
+    return export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny random'})
+
+
+def _export(network: export.LoadedNetwork, path: Path, size: tuple[int, int], domain: str = 'citypersons',
+            dynamic_batch: bool = True):
+    deploy = export.build_deploy_module(network, domain, 5)
+    metadata = export.deploy_metadata(network, domain, size, 5)
+    export.export_onnx(deploy, metadata, path, dynamic_batch=dynamic_batch)
+    return deploy
+
+
+def test_onnx_runtime_matches_pytorch_at_two_input_sizes(tiny_network, tmp_path):
+    """Export at 96x128, re-export at 128x96: each graph matches PyTorch on images it was not traced on."""
+    for size in ((96, 128), (128, 96)):
+        path = tmp_path / f'tiny_{size[0]}x{size[1]}.onnx'
+        deploy = _export(tiny_network, path, size)
+        batches = export.gate_batches(size, dynamic_batch=True)
+        assert [b.shape for b in batches] == [(1, 3, *size), (2, 3, *size)]
+        ok, report = export.parity_check(deploy, path, batches, intra_op_threads=2)
+        assert ok, report
+        # The gate is not vacuous: detections exist and every contract-4 output was compared.
+        outputs = OnnxRuntimeBackend(path, device='cpu', intra_op_threads=2).run(batches[1])
+        assert outputs['valid'].sum() > 0
+        assert outputs['boxes'].shape == (2, 5, 4) and outputs['masks'].shape == (2, 5, 14, 14)
+        assert outputs['keypoints'].shape == (2, 5, 13, 3) and outputs['labels'].dtype == np.int64
+        for name in ('boxes', 'scores', 'labels', 'masks', 'keypoints', 'keypoint_occluded'):
+            assert name.split('_')[0] in report
+
+
+def test_fixed_size_graph_rejects_another_size_with_a_clear_error(tiny_network, tmp_path):
+    path = tmp_path / 'tiny.onnx'
+    _export(tiny_network, path, (96, 128))
+    backend = OnnxRuntimeBackend(path, device='cpu', intra_op_threads=1)
+    with pytest.raises(ValueError, match=r'takes images \[B, 3, 96, 128\], got \[1, 3, 128, 96\]'):
+        backend.run(np.zeros((1, 3, 128, 96), np.float32))
+
+
+def test_fixed_batch_export_and_onnx_io_description(tiny_network, tmp_path):
+    path = tmp_path / 'fixed.onnx'
+    deploy = _export(tiny_network, path, (96, 128), domain='coco', dynamic_batch=False)
+    lines = export.describe_onnx_io(path)
+    assert lines[0].split() == ['input', 'images', '[1,', '3,', '96,', '128]', 'float32']
+    assert [line.split()[1] for line in lines[1:]] == list(OUTPUT_NAMES)
+    assert 'output keypoints          [1, 5, 13, 3] float32' in lines
+    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=False))
+    assert ok, report
+
+
+def test_metadata_makes_the_onnx_file_self_describing(tiny_network, tmp_path):
+    path = tmp_path / 'tiny.onnx'
+    _export(tiny_network, path, (128, 96), domain='coco')
+    meta = read_deploy_metadata(path)
+    assert meta.domain == 'coco' and meta.class_names == ['person']
+    assert meta.input_size == (128, 96) and meta.max_detections == 5
+    assert meta.output_names == OUTPUT_NAMES
+    assert meta.normalisation['kind'] == 'imagenet' and meta.normalisation['mean'] == [0.485, 0.456, 0.406]
+    restored = ModelConfig.from_dict(meta.model_config)
+    assert restored.backbone == tiny_network.config.backbone
+    assert (restored.inference.input_height, restored.inference.input_width) == (128, 96)
+
+
+def test_deploy_output_names_match_the_backend_contract():
+    from occluded_ppe_ros.model.deploy import OUTPUT_NAMES as MODEL_OUTPUT_NAMES
+
+    assert MODEL_OUTPUT_NAMES == OUTPUT_NAMES
+
+
+def _outputs(k: int = 3, valid_count: int = 2) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    valid = np.zeros((1, k), bool)
+    valid[0, :valid_count] = True
+    return {'boxes': rng.uniform(0, 100, (1, k, 4)).astype(np.float32),
+            'scores': rng.uniform(0, 1, (1, k)).astype(np.float32),
+            'labels': np.zeros((1, k), np.int64), 'valid': valid,
+            'masks': rng.uniform(0, 1, (1, k, 4, 4)).astype(np.float32),
+            'keypoints': rng.uniform(0, 100, (1, k, 13, 3)).astype(np.float32),
+            'keypoint_occluded': rng.uniform(0, 1, (1, k, 13)).astype(np.float32)}
+
+
+def _failed(rows) -> set[str]:
+    return {row.name for row in rows if not row.ok}
+
+
+@pytest.mark.parametrize('change, expected', [
+    (lambda o: o['boxes'].__setitem__((0, 1, 2), o['boxes'][0, 1, 2] + 0.02), {'boxes (px)'}),
+    (lambda o: o['keypoints'].__setitem__((0, 0, 5, 1), o['keypoints'][0, 0, 5, 1] - 0.02),
+     {'keypoints x,y (px)'}),
+    (lambda o: o['scores'].__setitem__((0, 0), o['scores'][0, 0] + 2e-4), {'scores'}),
+    (lambda o: o['keypoints'].__setitem__((0, 0, 5, 2), o['keypoints'][0, 0, 5, 2] + 2e-4),
+     {'keypoint scores'}),
+    (lambda o: o['masks'].__setitem__((0, 1, 0, 0), 2.0), {'masks (prob)'}),
+    (lambda o: o['labels'].__setitem__((0, 0), 1), {'labels'}),
+    (lambda o: o['valid'].__setitem__((0, 2), True), {'valid', 'valid count'}),
+    (lambda o: o['scores'].__setitem__((0, 0), np.nan), {'scores'}),
+])
+def test_compare_outputs_flags_each_kind_of_mismatch(change, expected):
+    reference = _outputs()
+    candidate = {name: value.copy() for name, value in reference.items()}
+    change(candidate)
+    assert _failed(export.compare_outputs(reference, candidate)) == expected
+
+
+def test_compare_outputs_accepts_within_tolerance_and_ignores_padded_rows():
+    reference = _outputs()
+    candidate = {name: value.copy() for name, value in reference.items()}
+    candidate['boxes'][0, :2] += 0.009                 # < 1e-2 px
+    candidate['scores'][0, :2] += 9e-5                 # < 1e-4
+    candidate['boxes'][0, 2] += 50.0                   # padded row (valid False): not compared
+    candidate['scores'][0, 2] = -3.0
+    rows = export.compare_outputs(reference, candidate)
+    assert not _failed(rows)
+    boxes_row = next(row for row in rows if row.name == 'boxes (px)')
+    assert boxes_row.shape == (2, 4) and boxes_row.max_abs_diff == pytest.approx(0.009, abs=1e-5)
+
+
+def test_synthetic_images_are_deterministic_and_distinct():
+    a = export.synthetic_image(64, 96, seed=1)
+    assert a.shape == (3, 64, 96) and a.dtype == np.float32 and 0 <= a.min() and a.max() <= 1
+    assert np.array_equal(a, export.synthetic_image(64, 96, seed=1))
+    assert np.abs(a - export.synthetic_image(64, 96, seed=2)).mean() > 0.05
+
+
+def test_checkpoint_export_cache_reuses_and_rekeys(tmp_path):
+    from occluded_ppe_ros.model.checkpoint import save_checkpoint
+    from occluded_ppe_ros.model.network import build_model
+
+    torch.manual_seed(1)
+    cfg = ModelConfig.from_dict(TINY_MODEL)
+    checkpoint = save_checkpoint(tmp_path / 'tiny.pt', build_model(cfg))
+    first = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=tmp_path / 'cache')
+    stamp = first.stat().st_mtime_ns
+    again = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=tmp_path / 'cache')
+    assert again == first and again.stat().st_mtime_ns == stamp
+    assert read_deploy_metadata(first).source['sha256'] == export.sha256_of(checkpoint)
+    cache = tmp_path / 'cache'
+    other_size = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache, input_size=(64, 96))
+    assert other_size != first and read_deploy_metadata(other_size).input_size == (64, 96)
+    torch.manual_seed(2)
+    save_checkpoint(checkpoint, build_model(cfg))           # retrained: new bytes, new key
+    assert export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache) not in (first, other_size)
+
+
+def test_cli_export_from_a_config_runs_from_the_repo(tmp_path):
+    config = tmp_path / 'model_tiny.yaml'
+    config.write_text(yaml.safe_dump({'model': TINY_MODEL}))
+    out = tmp_path / 'cli.onnx'
+    result = subprocess.run([sys.executable, '-m', 'occluded_ppe_ros.cli', 'export', '--config', str(config),
+                             '--out', str(out), '--input-size', '64x96', '--threads', '1'],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert 'input  images             [batch, 3, 64, 96] float32' in result.stdout
+    assert 'parity check 2: images [2, 3, 64, 96]' in result.stdout
+    assert 'parity: ONNX Runtime matches PyTorch' in result.stdout
+    assert read_deploy_metadata(out).input_size == (64, 96)
+
+
+def test_cli_export_errors_name_the_bad_value(tmp_path):
+    missing = tmp_path / 'nope.yaml'
+    result = subprocess.run([sys.executable, '-m', 'occluded_ppe_ros.cli', 'export', '--config', str(missing),
+                             '--out', str(tmp_path / 'x.onnx')], cwd=REPO_ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 2 and str(missing) in result.stdout
+    result = subprocess.run([sys.executable, '-m', 'occluded_ppe_ros.cli', 'export', '--config', str(missing),
+                             '--out', str(tmp_path / 'x.onnx'), '--input-size', '100x96'], cwd=REPO_ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and '100x96' in result.stderr

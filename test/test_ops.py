@@ -1,0 +1,298 @@
+"""Op-level pieces of the network against slow plain-Python references and hand-computed cases."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torchvision
+
+from occluded_ppe_ros.model.config import DetectionConfig, PoseConfig
+from occluded_ppe_ros.model.detection import decode_detections, detection_targets
+from occluded_ppe_ros.model.losses import gaussian_focal_loss, giou_loss, keypoint_heatmap_loss
+from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, grad_reverse,
+                                        keypoint_targets, mask_gate, random_occlusion_gate, visible_box_gate)
+from occluded_ppe_ros.model.pose import PoseStage, gate_hides
+
+torch.set_num_threads(2)
+
+
+# ----------------------------------------------------------------- slow references
+def bilinear_clamped(grid: list[list[float]], y: float, x: float) -> float:
+    """Bilinear read with edge clamping (F.interpolate's align_corners=False behaviour)."""
+    h, w = len(grid), len(grid[0])
+    y = min(max(y, 0.0), h - 1.0)
+    x = min(max(x, 0.0), w - 1.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    y1, x1 = min(y0 + 1, h - 1), min(x0 + 1, w - 1)
+    fy, fx = y - y0, x - x0
+    return ((1 - fy) * ((1 - fx) * grid[y0][x0] + fx * grid[y0][x1])
+            + fy * ((1 - fx) * grid[y1][x0] + fx * grid[y1][x1]))
+
+
+def bilinear_roi_sample(grid: list[list[float]], y: float, x: float) -> float:
+    """RoIAlign's sample: 0 beyond one cell outside the map, coordinates clamped at >= 0 and the last cell."""
+    h, w = len(grid), len(grid[0])
+    if y < -1.0 or y > h or x < -1.0 or x > w:
+        return 0.0
+    y, x = max(y, 0.0), max(x, 0.0)
+    y0, x0 = int(math.floor(y)), int(math.floor(x))
+    if y0 >= h - 1:
+        y0 = y1 = h - 1
+        y = float(y0)
+    else:
+        y1 = y0 + 1
+    if x0 >= w - 1:
+        x0 = x1 = w - 1
+        x = float(x0)
+    else:
+        x1 = x0 + 1
+    fy, fx = y - y0, x - x0
+    return ((1 - fy) * ((1 - fx) * grid[y0][x0] + fx * grid[y0][x1])
+            + fy * ((1 - fx) * grid[y1][x0] + fx * grid[y1][x1]))
+
+
+def roi_align_reference(grid: list[list[float]], box: tuple[float, float, float, float], out_h: int,
+                        out_w: int, scale: float, sampling: int = 2) -> list[list[float]]:
+    """aligned=True RoIAlign of one channel: bins averaged over sampling x sampling bilinear reads."""
+    x1, y1, x2, y2 = (v * scale - 0.5 for v in box)
+    bin_h, bin_w = (y2 - y1) / out_h, (x2 - x1) / out_w
+    out = []
+    for r in range(out_h):
+        row = []
+        for c in range(out_w):
+            total = 0.0
+            for iy in range(sampling):
+                for ix in range(sampling):
+                    y = y1 + r * bin_h + (iy + 0.5) * bin_h / sampling
+                    x = x1 + c * bin_w + (ix + 0.5) * bin_w / sampling
+                    total += bilinear_roi_sample(grid, y, x)
+            row.append(total / sampling ** 2)
+        out.append(row)
+    return out
+
+
+def decode_reference(heatmap: list[list[float]]) -> tuple[float, float, float]:
+    """argmax (first in row-major order) + quarter step toward the higher neighbour (clamped indices)."""
+    h, w = len(heatmap), len(heatmap[0])
+    best, br, bc = -math.inf, 0, 0
+    for r in range(h):
+        for c in range(w):
+            if heatmap[r][c] > best:
+                best, br, bc = heatmap[r][c], r, c
+    left, right = heatmap[br][max(bc - 1, 0)], heatmap[br][min(bc + 1, w - 1)]
+    up, down = heatmap[max(br - 1, 0)][bc], heatmap[min(br + 1, h - 1)][bc]
+    dx = 0.25 if right > left else (-0.25 if right < left else 0.0)
+    dy = 0.25 if down > up else (-0.25 if down < up else 0.0)
+    return bc + 0.5 + dx, br + 0.5 + dy, 1.0 / (1.0 + math.exp(-best))
+
+
+# ----------------------------------------------------------------- tests
+def test_gradient_reversal_is_identity_forward_and_reverses_scaled_gradient():
+    x = torch.randn(4, 3, requires_grad=True)
+    weights = torch.randn(4, 3)
+    y = grad_reverse(x, 0.3)
+    assert torch.equal(y, x)
+    (y * weights).sum().backward()
+    torch.testing.assert_close(x.grad, -0.3 * weights)
+
+
+def test_decode_heatmaps_matches_slow_reference_on_hand_made_maps():
+    maps = torch.full((2, 3, 6, 5), -4.0)
+    maps[0, 0, 2, 3] = 3.0                       # interior peak, right and lower neighbours higher
+    maps[0, 0, 2, 4], maps[0, 0, 2, 2] = 1.0, 0.0
+    maps[0, 0, 3, 3], maps[0, 0, 1, 3] = 0.5, 0.7
+    maps[0, 1, 0, 0] = 2.0                       # corner peak
+    maps[0, 1, 0, 1] = 1.0
+    maps[0, 2, 5, 4] = 1.5                       # opposite corner, equal neighbours
+    maps[1] = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(1))
+    xy, scores, flat_index = decode_heatmaps(maps)
+    for n in range(2):
+        for j in range(3):
+            ref_x, ref_y, ref_score = decode_reference(maps[n, j].tolist())
+            assert xy[n, j].tolist() == pytest.approx([ref_x, ref_y], abs=1e-6)
+            assert float(scores[n, j]) == pytest.approx(ref_score, abs=1e-6)
+    # Hand-computed: peak (row 2, col 3) -> x 3.5 + 0.25 (right 1.0 > left 0.0),
+    # y 2.5 - 0.25 (up 0.7 > down 0.5).
+    assert xy[0, 0].tolist() == pytest.approx([3.75, 2.25])
+    assert int(flat_index[0, 0]) == 2 * 5 + 3
+    # Corner (0, 0): clamped left/up are the peak itself (2.0) > right 1.0 / down -4: moves to the border.
+    assert xy[0, 1].tolist() == pytest.approx([0.25, 0.25])
+
+
+def test_cells_to_pixels_maps_heatmap_cells_onto_the_box():
+    boxes = torch.tensor([[10.0, 20.0, 34.0, 84.0]])          # a 24 x 64 px box under a 16 x 12 cell map
+    xy = torch.tensor([[[0.0, 0.0], [12.0, 16.0], [6.0, 8.0]]])
+    pixels = cells_to_pixels(xy, boxes, height=16, width=12)
+    expected = torch.tensor([[[10.0, 20.0], [34.0, 84.0], [22.0, 52.0]]])
+    torch.testing.assert_close(pixels, expected)
+
+
+def test_roi_gating_matches_slow_roi_align_times_resampled_mask():
+    """Mask-and-predict: pooled instance features x the mask resampled onto the RoI grid."""
+    generator = torch.Generator().manual_seed(0)
+    stride = 4
+    features = torch.randn(1, 2, 12, 10, generator=generator)
+    cfg = PoseConfig(roi_height=4, roi_width=3, encoder_channels=8, encoder_convs=1, decoder_channels=8,
+                     decoder_deconvs=1, domain_hidden=8)
+    stage = PoseStage(2, stride, cfg)
+    box = (5.0, 3.0, 29.0, 41.0)
+    rois = torch.tensor([[0.0, *box]])
+    mask = torch.rand(1, 6, 6, generator=generator)
+    pooled = stage.pool(features, rois)
+    gated = pooled * mask_gate(mask, cfg.roi_height, cfg.roi_width)
+    grid_mask = mask[0].tolist()
+    for channel in range(2):
+        ref_pooled = roi_align_reference(features[0, channel].tolist(), box, 4, 3, 1.0 / stride)
+        for r in range(4):
+            for c in range(3):
+                # RoI cell centre at box fraction ((c + 0.5) / 3, (r + 0.5) / 4) reads the 6 x 6 mask there.
+                ref_gate = bilinear_clamped(grid_mask, (r + 0.5) / 4 * 6 - 0.5, (c + 0.5) / 3 * 6 - 0.5)
+                assert float(gated[0, channel, r, c]) == pytest.approx(ref_pooled[r][c] * ref_gate, abs=1e-5)
+
+
+def test_visible_box_gate_opens_only_cells_whose_centre_is_visible():
+    boxes = torch.tensor([[0.0, 0.0, 40.0, 80.0]])
+    visible = torch.tensor([[0.0, 0.0, 40.0, 40.0]])            # upper half visible
+    gate = visible_box_gate(boxes, visible, height=4, width=2)
+    assert gate[0, 0].tolist() == [[1.0, 1.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]
+
+
+def test_random_occlusion_gate_hides_about_the_ratio_and_is_seeded():
+    gate = random_occlusion_gate(50, 16, 12, 0.3, generator=torch.Generator().manual_seed(3))
+    hidden = 1.0 - gate.mean(dim=(1, 2, 3))
+    assert gate.shape == (50, 1, 16, 12)
+    assert float(hidden.mean()) == pytest.approx(0.3, abs=0.05)
+    again = random_occlusion_gate(50, 16, 12, 0.3, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(gate, again)
+    assert torch.equal(random_occlusion_gate(2, 4, 4, 0.0), torch.ones(2, 1, 4, 4))
+    with pytest.raises(ValueError, match='mask_ratio'):
+        random_occlusion_gate(1, 4, 4, 1.0)
+
+
+def test_gate_hides_reads_the_gate_cell_of_each_joint():
+    gate = torch.ones(1, 1, 4, 2)
+    gate[0, 0, 3, 1] = 0.0                                      # bottom-right cell hidden
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 40.0]])
+    keypoints = torch.tensor([[[15.0, 35.0, 2.0], [5.0, 35.0, 2.0], [25.0, 35.0, 2.0]]])
+    assert gate_hides(gate, keypoints, boxes).tolist() == [[True, False, False]]
+
+
+def test_keypoint_targets_peak_at_the_joint_cell_and_mark_invalid_joints():
+    boxes = torch.tensor([[0.0, 0.0, 24.0, 32.0]])
+    keypoints = torch.zeros(1, 13, 3)
+    keypoints[0, 0] = torch.tensor([7.0, 9.0, 2.0])             # cell (row 4, col 3): 2 px cells
+    keypoints[0, 1] = torch.tensor([30.0, 9.0, 1.0])            # outside the box
+    keypoints[0, 2] = torch.tensor([7.0, 9.0, 0.0])             # unlabelled
+    targets, valid, flat = keypoint_targets(keypoints, boxes, 16, 12, sigma=2.0)
+    assert valid[0, :3].tolist() == [True, False, False]
+    assert float(targets[0, 0, 4, 3]) == 1.0
+    assert int(flat[0, 0]) == 4 * 12 + 3
+    assert float(targets[0, 0, 4, 5]) == pytest.approx(math.exp(-4 / 8))
+    assert float(targets[0, 1].abs().sum()) == 0.0
+
+
+def test_gaussian_focal_loss_matches_elementwise_formula():
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 5, generator=generator)
+    targets = torch.tensor([[1.0, 0.5, 0.0, 0.2, 1.0], [0.0, 0.9, 1.0, 0.1, 0.3]])
+    weight = torch.tensor([[1.0, 1.0, 0.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0, 1.0]])
+    total, positives = gaussian_focal_loss(logits, targets, weight)
+    expected = 0.0
+    for n in range(2):
+        for i in range(5):
+            p = 1 / (1 + math.exp(-float(logits[n, i])))
+            t = float(targets[n, i])
+            if t == 1.0:
+                expected += -((1 - p) ** 2) * math.log(p)
+            else:
+                expected += -float(weight[n, i]) * (1 - t) ** 4 * p ** 2 * math.log(1 - p)
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert float(positives) == 3.0
+
+
+def test_keypoint_heatmap_loss_ignores_unlabelled_joints():
+    logits = torch.randn(1, 13, 8, 6)
+    targets = torch.zeros(1, 13, 8, 6)
+    targets[0, :, 3, 2] = 1.0
+    valid = torch.zeros(1, 13, dtype=torch.bool)
+    valid[0, 0] = True
+    changed = logits.clone()
+    changed[0, 5:] += 10.0                                       # joints that are not labelled
+    assert torch.equal(keypoint_heatmap_loss(logits, targets, valid),
+                       keypoint_heatmap_loss(changed, targets, valid))
+
+
+def test_giou_loss_matches_torchvision():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.rand(20, 2, generator=generator) * 50
+    b = torch.rand(20, 2, generator=generator) * 50
+    boxes_a = torch.cat([a, a + torch.rand(20, 2, generator=generator) * 30 + 1], 1)
+    boxes_b = torch.cat([b, b + torch.rand(20, 2, generator=generator) * 30 + 1], 1)
+    expected = torchvision.ops.generalized_box_iou_loss(boxes_a, boxes_b, reduction='none')
+    torch.testing.assert_close(giou_loss(boxes_a, boxes_b), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_channel_attention_scales_each_channel_by_a_gap_driven_factor():
+    attention = ChannelAttention(8, reduction=2)
+    x = torch.rand(2, 8, 5, 4)
+    with torch.no_grad():
+        y = attention(x)
+    ratio = y / x
+    # One factor per (image, channel), in (0, 1), constant over the map.
+    assert torch.allclose(ratio, ratio[:, :, :1, :1].expand_as(ratio), atol=1e-6)
+    assert float(ratio.min()) > 0 and float(ratio.max()) < 1
+
+
+def test_detection_targets_hand_computed_centre_ignore_and_ownership():
+    cfg = DetectionConfig()
+    boxes = torch.tensor([[8.0, 8.0, 24.0, 40.0], [10.0, 10.0, 14.0, 14.0]])   # big, and small inside it
+    labels = torch.tensor([0, 1])
+    ignore = torch.tensor([[40.0, 0.0, 64.0, 20.0]])
+    built = detection_targets(boxes, labels, ignore, 2, height=12, width=16, stride=4, cfg=cfg)
+    # Big box centre (16, 24) -> cell (row 6, col 4); small box centre (12, 12) -> cell (3, 3).
+    assert float(built['heatmap'][0, 6, 4]) == 1.0 and float(built['heatmap'][1, 3, 3]) == 1.0
+    assert float(built['heatmap'][0].max()) == 1.0 and int((built['heatmap'] == 1.0).sum()) == 2
+    # Ignore region: cell centres x in [40, 64], y in [0, 20] -> cols 10..15, rows 0..4 get no negative loss.
+    weight = built['negative_weight'][0]
+    assert float(weight[:5, 10:].sum()) == 0.0 and float(weight[5:, :].min()) == 1.0
+    assert float(weight[:5, :10].min()) == 1.0
+    # The small box's centre cell regresses the small box (the smaller object owns shared cells).
+    assert built['box_target'][3, 3].tolist() == [10.0, 10.0, 14.0, 14.0]
+    assert built['box_target'][6, 4].tolist() == [8.0, 8.0, 24.0, 40.0]
+    # Weights sum to 1 per object.
+    assert float(built['box_weight'].sum()) == pytest.approx(2.0, abs=1e-5)
+
+
+def test_decode_detections_peaks_boxes_nms_and_padding():
+    stride, h, w = 4, 8, 8
+    logits = torch.full((2, 2, h, w), -10.0)
+    distances = torch.zeros(2, 4, h, w)
+    logits[0, 0, 2, 3] = 2.0                                 # peak -> centre (14, 10)
+    distances[0, :, 2, 3] = torch.tensor([4.0, 6.0, 2.0, 8.0])
+    logits[0, 0, 2, 4] = 1.0                                 # neighbour, not a local max -> dropped
+    logits[0, 1, 6, 6] = 0.0                                 # class 1 peak, box clipped to the image
+    distances[0, :, 6, 6] = torch.tensor([10.0, 10.0, 40.0, 40.0])
+    boxes, scores, labels, valid = decode_detections(logits, distances, stride, 32, 32, pre_nms_topk=10,
+                                                     max_detections=5, nms_iou=0.5)
+    assert boxes.shape == (2, 5, 4) and scores.shape == (2, 5) and labels.dtype == torch.int64
+    assert valid.dtype == torch.bool
+    assert boxes[0, 0].tolist() == pytest.approx([10.0, 4.0, 16.0, 18.0])
+    assert float(scores[0, 0]) == pytest.approx(1 / (1 + math.exp(-2.0)))
+    assert int(labels[0, 1]) == 1 and boxes[0, 1].tolist() == pytest.approx([16.0, 16.0, 32.0, 32.0])
+    assert float(scores[0, 1]) == pytest.approx(0.5)
+    # Everything after the real peaks is a tiny-score peak or padding; padded rows have score 0.
+    assert bool((scores[~valid] == 0).all())
+    assert bool(((scores[0, 1:] <= scores[0, :-1]) | ~valid[0, 1:]).all())
+
+
+def test_decode_detections_nms_suppresses_overlapping_same_class_boxes():
+    logits = torch.full((1, 1, 8, 8), -10.0)
+    distances = torch.full((1, 4, 8, 8), 8.0)
+    logits[0, 0, 2, 2] = 2.0
+    logits[0, 0, 2, 4] = 1.5                                 # 8 px right: IoU of 16 px boxes = 1/3
+    logits[0, 0, 2, 3] = -10.0
+    _, scores_low, _, _ = decode_detections(logits, distances, 4, 32, 32, 10, 3, nms_iou=0.3)
+    _, scores_high, _, _ = decode_detections(logits, distances, 4, 32, 32, 10, 3, nms_iou=0.5)
+    assert float(scores_low[0, 1]) < 0.01
+    assert float(scores_high[0, 1]) == pytest.approx(1 / (1 + math.exp(-1.5)))
