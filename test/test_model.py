@@ -180,7 +180,7 @@ def test_empty_batch_still_gives_finite_losses_with_a_graph():
     for name, value in losses.items():
         assert torch.isfinite(value), name
         assert value.requires_grad, name
-    assert float(losses['loss_det_box']) == 0.0 and float(losses['loss_seg_mask']) == 0.0
+    assert float(losses['loss_det_box'].detach()) == 0.0 and float(losses['loss_seg_mask'].detach()) == 0.0
     sum(losses.values()).backward()                             # no error on an empty batch
 
 

@@ -11,7 +11,8 @@ from occluded_ppe_ros.model.config import DetectionConfig, PoseConfig
 from occluded_ppe_ros.model.detection import decode_detections, detection_targets
 from occluded_ppe_ros.model.losses import gaussian_focal_loss, giou_loss, keypoint_heatmap_loss
 from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, grad_reverse,
-                                        keypoint_targets, mask_gate, random_occlusion_gate, visible_box_gate)
+                                        jitter_boxes, keypoint_targets, mask_gate, random_occlusion_gate,
+                                        visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides
 
 torch.set_num_threads(2)
@@ -296,3 +297,15 @@ def test_decode_detections_nms_suppresses_overlapping_same_class_boxes():
     _, scores_high, _, _ = decode_detections(logits, distances, 4, 32, 32, 10, 3, nms_iou=0.5)
     assert float(scores_low[0, 1]) < 0.01
     assert float(scores_high[0, 1]) == pytest.approx(1 / (1 + math.exp(-1.5)))
+
+
+def test_jitter_boxes_moves_each_side_within_the_fraction_and_stays_in_the_image():
+    torch.manual_seed(0)
+    boxes = torch.tensor([[10.0, 20.0, 30.0, 60.0]]).repeat(200, 1)
+    moved = jitter_boxes(boxes, 0.1, image_height=100, image_width=100)
+    limit = torch.tensor([2.0, 4.0, 2.0, 4.0])                  # 10 % of width 20 / height 40
+    assert bool(((moved - boxes).abs() <= limit + 1e-5).all())
+    assert float((moved - boxes).abs().max()) > 1.0             # it does move
+    edge = jitter_boxes(torch.tensor([[0.0, 0.0, 100.0, 100.0]]).repeat(50, 1), 0.2, 100, 100)
+    assert float(edge.min()) >= 0 and float(edge[:, 2:].max()) <= 100
+    assert torch.equal(jitter_boxes(boxes, 0.0, 100, 100), boxes)

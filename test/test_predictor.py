@@ -265,3 +265,20 @@ def test_predictor_wraps_a_network_directly_at_another_input_size():
     pedestrians = predictor.predict(np.zeros((48, 64, 3), dtype=np.uint8))
     assert predictor.class_names == ['person'] and len(pedestrians) <= 3
     assert all(p.class_name == 'person' for p in pedestrians)
+
+
+def test_create_backend_errors_name_the_bad_value(checkpoint_path, tmp_path):
+    from occluded_ppe_ros.inference.backends import create_backend
+
+    with pytest.raises(ValueError, match='openvino'):
+        create_backend('openvino', checkpoint_path)
+    with pytest.raises(FileNotFoundError, match='absent.pt'):
+        create_backend('torch', tmp_path / 'absent.pt')
+    onnx_name = tmp_path / 'model.onnx'
+    onnx_name.write_bytes(b'')
+    with pytest.raises(ValueError, match='model.onnx'):
+        create_backend('torch', onnx_name)
+    backend = create_backend('torch', checkpoint_path, domain='coco', input_size=(64, 96), max_detections=2)
+    assert backend.name == 'torch' and backend.input_size == (64, 96) and backend.class_names == ['person']
+    outputs = backend.run(np.zeros((1, 3, 64, 96), dtype=np.float32))
+    assert outputs['boxes'].shape == (1, 2, 4) and outputs['valid'].dtype == bool

@@ -271,7 +271,11 @@ def test_kill_then_resume_continues_at_the_checkpoint_and_matches_an_uninterrupt
     env = source_tree_env(tmp_path)
     reference = tiny_config(tmp_path, stage=2, max_iters=6, checkpoint_every=2,
                             augment={'enabled': True}, output_dir=str(tmp_path / 'reference'))
-    train(TrainConfig.from_dict(reference))
+    # in a process of its own too: the same thread settings as the runs below give bit-equal floats
+    reference_path = tmp_path / 'reference.yaml'
+    reference_path.write_text(yaml.safe_dump(reference))
+    done = _run_train(reference_path, env)
+    assert done.returncode == 0, done.stderr[-3000:]
 
     interrupted = dict(reference, output_dir=str(tmp_path / 'interrupted'), max_iters=400)
     interrupted_path = tmp_path / 'interrupted.yaml'

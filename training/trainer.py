@@ -512,11 +512,26 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], dict[str, Any] | None]:
-    """(model, model_config dict, init checkpoint or None) with the init weights loaded."""
+def _build_model(cfg: TrainConfig, resume_from: dict[str, Any] | None = None
+                 ) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, model_config dict) with its starting weights.
+
+    Args:
+        cfg: the training config: `model` (may be empty) and `init_checkpoint`.
+        resume_from: the run's own last checkpoint when resuming: its config and weights are used
+            (`init_checkpoint` is not read again, it may be gone).
+    """
     from occluded_ppe_ros.model.config import ModelConfig
     from occluded_ppe_ros.model.network import build_model
 
+    if resume_from is not None:
+        model_config = ModelConfig.from_dict(resume_from['model_config'], source='the checkpoint resumed')
+        if cfg.model and ModelConfig.from_dict(cfg.model).to_dict() != model_config.to_dict():
+            raise ValueError(f'{cfg.output_dir}/{LAST_CHECKPOINT} was trained with another model config '
+                             f'than this config\'s model:')
+        model = build_model(model_config)
+        model.load_state_dict(resume_from['model'])
+        return model, model_config.to_dict()
     init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
     model_dict = cfg.model or (init['model_config'] if init else {})
     model_config = ModelConfig.from_dict(model_dict, source='train config model:')
@@ -527,7 +542,7 @@ def _build_model(cfg: TrainConfig) -> tuple[nn.Module, dict[str, Any], dict[str,
         if not same_config and (result.missing_keys or result.unexpected_keys):
             print(f'[train] {cfg.init_checkpoint}: model config differs; {len(result.missing_keys)} '
                   f'parameters not in the checkpoint, {len(result.unexpected_keys)} unused')
-    return model, model_config.to_dict(), init
+    return model, model_config.to_dict()
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
@@ -551,25 +566,24 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     # Every process seeds the same: the model's initial weights agree (DDP also broadcasts them).
     _seed_everything(cfg.seed)
 
-    model, model_config, _ = _build_model(cfg)
-    model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
-                                weight_decay=cfg.optimizer.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg.lr_schedule))
-
-    start_iteration, metrics, resume_rng = 0, {}, None
+    checkpoint = None
     if resume:
         checkpoint = load_checkpoint(output_dir / LAST_CHECKPOINT)
         if checkpoint['stage'] != cfg.stage:
             raise ValueError(f'{output_dir / LAST_CHECKPOINT} is a stage-{checkpoint["stage"]} checkpoint; '
                              f'this config trains stage {cfg.stage}')
-        if checkpoint['model_config'] != model_config:
-            raise ValueError(f'{output_dir / LAST_CHECKPOINT} was trained with another model config')
-        model.load_state_dict(checkpoint['model'])
+    model, model_config = _build_model(cfg, resume_from=checkpoint)
+    model.to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
+                                weight_decay=cfg.optimizer.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg.lr_schedule))
+    start_iteration, metrics, resume_rng = 0, {}, None
+    if checkpoint is not None:
         optimizer.load_state_dict(checkpoint['optimizer'])
         scheduler.load_state_dict(checkpoint['scheduler'])
         start_iteration, metrics = int(checkpoint['iteration']), dict(checkpoint.get('metrics', {}))
         resume_rng = checkpoint['rng']
+        del checkpoint
 
     input_size = (cfg.input_size[0], cfg.input_size[1])
     synthetic_sets = [c for c in [*cfg.data.values(), cfg.eval.data]

@@ -112,6 +112,8 @@ class MaskConfig:
         num_convs: 3x3 convs before the deconvolution.
         resolution: M, the mask side after the 2x deconvolution (= 2 * roi_size).
         attention_reduction: channel reduction of the GAP attention in front of the decoder.
+        box_jitter: in training, each side of a ground-truth box is moved by up to this fraction of the
+            box's width/height (uniform) before the mask target is cut from it.
     """
 
     roi_size: int = 14
@@ -119,6 +121,7 @@ class MaskConfig:
     num_convs: int = 2
     resolution: int = 28
     attention_reduction: int = 4
+    box_jitter: float = 0.05
 
 
 @dataclass
@@ -138,6 +141,8 @@ class PoseConfig:
         source_domain: the domain whose instances carry pose labels (D_Pose learns only from it).
         max_train_instances: instances per image sent through the pose stage in training (random subset).
         occlusion_loss_weight: weight of the learned occluded-joint BCE inside L_pe.
+        box_jitter: in training, each side of a ground-truth box is moved by up to this fraction of the
+            box's width/height (uniform), so the stage learns from boxes as loose as detected ones.
     """
 
     roi_height: int = 16
@@ -152,6 +157,7 @@ class PoseConfig:
     source_domain: str = 'coco'
     max_train_instances: int = 16
     occlusion_loss_weight: float = 0.5
+    box_jitter: float = 0.05
 
 
 @dataclass
@@ -206,6 +212,10 @@ class ModelConfig:
         if self.mask.resolution != 2 * self.mask.roi_size:
             raise ValueError(f'mask.resolution ({self.mask.resolution}) must be 2 * mask.roi_size '
                              f'({self.mask.roi_size}): the decoder has one 2x deconvolution')
+        jitters = (('mask.box_jitter', self.mask.box_jitter), ('pose.box_jitter', self.pose.box_jitter))
+        for name, value in jitters:
+            if not 0.0 <= value < 0.5:
+                raise ValueError(f'{name} must be in [0, 0.5), got {value}')
         if self.pose.source_domain not in BRANCH_CLASS_NAMES:
             raise ValueError(f'pose.source_domain {self.pose.source_domain!r} is not one of {DOMAINS}')
         if self.inference.domain not in BRANCH_CLASS_NAMES:

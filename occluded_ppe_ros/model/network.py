@@ -9,7 +9,9 @@ Forward (docs/architecture.md, contract 2):
 - training: `model(images, targets, domain=..., stage=1|2, mask_ratio=0.0)` -> dict of `loss_*`
   (losses.LOSS_TERMS names them and their term of eq. 1). Heads are trained with ground-truth boxes
   (teacher forcing): the mask head on the ground-truth boxes, the pose stage on ground-truth boxes and
-  visible masks, so stage 2 does not depend on the detector's quality at the time.
+  visible masks, so stage 2 does not depend on the detector's quality at the time. Those boxes are
+  jittered a little (`box_jitter`: each side moves up to 5 % of the box size) so that the heads also
+  work on detected boxes, which are never exactly the annotated ones.
 - inference: `model(images, domain=...)` (no targets) -> one dict per image with the valid rows of
   `predict_padded`.
 """
@@ -23,7 +25,8 @@ from occluded_ppe_ros.model.config import BRANCH_CLASS_NAMES, ModelConfig
 from occluded_ppe_ros.model.detection import DetectionHead, decode_detections, detection_loss
 from occluded_ppe_ros.model.losses import domain_loss, keypoint_heatmap_loss, mask_loss, occlusion_loss
 from occluded_ppe_ros.model.mask_head import MaskHead, mask_targets
-from occluded_ppe_ros.model.ops import keypoint_targets, mask_gate, random_occlusion_gate, visible_box_gate
+from occluded_ppe_ros.model.ops import (jitter_boxes, keypoint_targets, mask_gate, random_occlusion_gate,
+                                        rois_from_boxes, visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides, soft_visible_gate
 
 
@@ -79,9 +82,10 @@ class PPENet(nn.Module):
         heatmap_logits, distances = branch.detection(features)
         losses = detection_loss(heatmap_logits, distances, targets, branch.num_classes,
                                 self.stride, self.cfg.detection)
-        losses['loss_seg_mask'] = self._mask_loss(branch, features, targets)
+        image_size = (images.shape[2], images.shape[3])
+        losses['loss_seg_mask'] = self._mask_loss(branch, features, targets, image_size)
         if stage == 2:
-            losses.update(self._pose_losses(features, targets, domain, mask_ratio))
+            losses.update(self._pose_losses(features, targets, domain, mask_ratio, image_size))
         return losses
 
     def _check_inputs(self, images: torch.Tensor, domain: str) -> None:
@@ -92,26 +96,28 @@ class PPENet(nn.Module):
         if images.shape[2] % 32 or images.shape[3] % 32:
             raise ValueError(f'image height and width must be multiples of 32, got {tuple(images.shape[2:])}')
 
-    def _mask_loss(self, branch: Branch, features: torch.Tensor, targets: list[dict]) -> torch.Tensor:
+    def _mask_loss(self, branch: Branch, features: torch.Tensor, targets: list[dict],
+                   image_size: tuple[int, int]) -> torch.Tensor:
         boxes, masks = [], []
         for target in targets:
             has_mask = target['has_mask'].to(torch.bool)
-            boxes.append(target['boxes'][has_mask].to(features))
+            boxes.append(jitter_boxes(target['boxes'][has_mask].to(features), self.cfg.mask.box_jitter,
+                                      *image_size))
             masks.append(target['masks'][has_mask])
-        rois = _rois(boxes, features)
+        rois = rois_from_boxes(boxes)
         logits = branch.mask(features, rois)
         gt = torch.cat([mask_targets(m.to(features.device), b, self.cfg.mask.resolution)
                         for m, b in zip(masks, boxes)]) if rois.shape[0] else logits.detach().clone()
         return mask_loss(logits, gt)
 
-    def _pose_losses(self, features: torch.Tensor, targets: list[dict], domain: str,
-                     mask_ratio: float) -> dict[str, torch.Tensor]:
+    def _pose_losses(self, features: torch.Tensor, targets: list[dict], domain: str, mask_ratio: float,
+                     image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
         cfg = self.cfg.pose
         is_source = domain == cfg.source_domain
         boxes, keypoints, has_keypoints, gates = [], [], [], []
         for target in targets:
             selected = _select_pose_instances(target, cfg.max_train_instances)
-            image_boxes = target['boxes'][selected].to(features)
+            image_boxes = jitter_boxes(target['boxes'][selected].to(features), cfg.box_jitter, *image_size)
             has_mask = target['has_mask'][selected].to(torch.bool).to(features.device)
             visible_boxes = target.get('visible_boxes', target['boxes'])[selected].to(features)
             gate = visible_box_gate(image_boxes, visible_boxes, cfg.roi_height, cfg.roi_width)
@@ -128,7 +134,7 @@ class PPENet(nn.Module):
             flags = target.get('has_keypoints')
             has_keypoints.append(flags[selected].to(torch.bool).to(features.device) if flags is not None
                                  else torch.zeros(count, dtype=torch.bool, device=features.device))
-        rois = _rois(boxes, features)
+        rois = rois_from_boxes(boxes)
         gate = torch.cat(gates) if gates else features.new_zeros((0, 1, cfg.roi_height, cfg.roi_width))
         occlusion_gate = random_occlusion_gate(rois.shape[0], cfg.roi_height, cfg.roi_width, mask_ratio,
                                                device=features.device)
@@ -215,12 +221,6 @@ def unpad_detections(padded: dict[str, torch.Tensor]) -> list[dict[str, torch.Te
             'keypoint_occluded': padded['keypoint_occluded'][index][keep],
         })
     return results
-
-
-def _rois(boxes: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    rows = [torch.cat([torch.full((b.shape[0], 1), float(i), dtype=like.dtype, device=like.device), b], 1)
-            for i, b in enumerate(boxes)]
-    return torch.cat(rows) if rows else like.new_zeros((0, 5))
 
 
 def _select_pose_instances(target: dict[str, torch.Tensor], limit: int) -> torch.Tensor:

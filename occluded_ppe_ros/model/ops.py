@@ -85,6 +85,29 @@ def rois_from_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(rows, dim=0)
 
 
+def jitter_boxes(boxes: torch.Tensor, fraction: float, image_height: int, image_width: int) -> torch.Tensor:
+    """Move each side of each box by a uniform random amount up to `fraction` of the box's size.
+
+    Args:
+        boxes: float [N, 4] x1, y1, x2, y2 pixels.
+        fraction: largest move as a share of the width (x sides) or height (y sides); 0 = unchanged.
+        image_height: the result is clipped to the image.
+        image_width: see image_height.
+
+    Returns:
+        float [N, 4]; every box keeps at least 1 px a side.
+    """
+    if fraction == 0.0 or boxes.shape[0] == 0:
+        return boxes
+    size = (boxes[:, 2:] - boxes[:, :2]).repeat(1, 2)
+    moved = boxes + (torch.rand(boxes.shape, device=boxes.device) * 2 - 1) * fraction * size
+    x1 = moved[:, 0].clamp(0, image_width - 1)
+    y1 = moved[:, 1].clamp(0, image_height - 1)
+    x2 = torch.maximum(moved[:, 2].clamp(max=image_width), x1 + 1)
+    y2 = torch.maximum(moved[:, 3].clamp(max=image_height), y1 + 1)
+    return torch.stack([x1, y1, x2, y2], dim=1)
+
+
 def mask_gate(mask_probs: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """Resample box-relative masks onto a RoI grid that covers the same box.
 

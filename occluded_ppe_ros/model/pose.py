@@ -29,7 +29,6 @@ by another person's body inside the box (self-occlusion, a crossing arm) from a 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
@@ -157,7 +156,3 @@ def soft_visible_gate(masks: torch.Tensor, boxes: torch.Tensor, height: int, wid
     return roi_align(masks[:, None].to(boxes.dtype), rois, output_size=(height, width), spatial_scale=1.0,
                      sampling_ratio=2, aligned=True).clamp(0.0, 1.0)
 
-
-def upsample_gate(gate: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Nearest resampling of a [R, 1, rh, rw] gate to another grid over the same boxes."""
-    return F.interpolate(gate, size=(height, width), mode='nearest')

@@ -301,11 +301,11 @@ def to_pose_array(pedestrians: Sequence[Pedestrian], header: Header, ids: Sequen
         _set_box(pose.full_box, pedestrian.box)
         _set_box(pose.visible_box, pedestrian.visible_box)
         states = keypoint_states(pedestrian.keypoint_scores, pedestrian.keypoint_occluded, keypoint_threshold)
-        for joint, keypoint in enumerate(pose.keypoints):
-            keypoint.x = float(pedestrian.keypoints[joint, 0])
-            keypoint.y = float(pedestrian.keypoints[joint, 1])
-            keypoint.score = float(pedestrian.keypoint_scores[joint])
-            keypoint.state = int(states[joint])
+        # tolist() converts to Python floats/ints in one call (per-element numpy scalars are slower).
+        rows = zip(pose.keypoints, pedestrian.keypoints.astype(np.float64).tolist(),
+                   pedestrian.keypoint_scores.astype(np.float64).tolist(), states.tolist(), strict=True)
+        for keypoint, (x, y), score, state in rows:
+            keypoint.x, keypoint.y, keypoint.score, keypoint.state = x, y, score, state
         x_offset, y_offset, crop = clipped_mask(pedestrian, height, width)
         if crop.size:
             pose.mask = InstanceMask(x_offset=x_offset, y_offset=y_offset, width=int(crop.shape[1]),

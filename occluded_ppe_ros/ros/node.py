@@ -71,22 +71,21 @@ def _model_thresholds(values: dict[str, Any]) -> dict[str, float | None]:
 def resolve_model_path(path: str) -> Path:
     """An absolute path as is; a relative one under the package share directory (else the source tree).
 
-    The share directory comes from the ament index (needs AMENT_PREFIX_PATH); running from a source
-    checkout without an install, the repository root stands in for it.
+    The share directory comes from the ament index (AMENT_PREFIX_PATH, set by a sourced ROS 2 workspace),
+    else <python prefix>/share/occluded_ppe_ros (a venv install); running from a source checkout, the
+    repository root stands in for it. The first root holding the file wins; if none does, the path under
+    the first root is returned (and configure reports it missing).
     """
     candidate = Path(path).expanduser()
     if candidate.is_absolute():
         return candidate
     roots: list[Path] = []
     try:
-        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
-        try:
-            roots.append(Path(get_package_share_directory(PACKAGE_NAME)))
-        except PackageNotFoundError:
-            pass
-    except ImportError:
-        pass
-    roots.append(_SOURCE_ROOT)
+        from ament_index_python.packages import get_package_share_directory
+        roots.append(Path(get_package_share_directory(PACKAGE_NAME)))
+    except (ImportError, LookupError, OSError):
+        pass  # no ament index in this environment (PackageNotFoundError is a LookupError)
+    roots += [Path(sys.prefix) / 'share' / PACKAGE_NAME, _SOURCE_ROOT]
     for root in roots:
         if (root / candidate).exists():
             return root / candidate
@@ -152,8 +151,9 @@ class PPENode(LifecycleNode):
 
     # ----- lifecycle --------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
-        model_path = resolve_model_path(self._value('model_path'))
+        model_path = Path(self._value('model_path'))
         try:
+            model_path = resolve_model_path(str(model_path))
             self._predictor = self._load_predictor(model_path)
         except Exception as error:  # noqa: BLE001 - any load failure is reported, not raised
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:300]
