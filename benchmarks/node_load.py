@@ -41,6 +41,10 @@ from vision_msgs.msg import Detection2DArray  # noqa: E402
 
 from occluded_ppe_ros.ros.conversions import numpy_to_image  # noqa: E402
 
+# node_overhead applied the loopback-only DDS environment at import; refuse to run without it.
+if os.environ.get('ROS_AUTOMATIC_DISCOVERY_RANGE') != 'LOCALHOST':
+    raise SystemExit('node_load.py: loopback-only DDS (ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST) is not set')
+
 
 class LoadClient(Node):
     """Publishes the camera stream and records the age of every result and the latest diagnostics."""

@@ -9,8 +9,8 @@ the 13 joints with skeleton.OKS_SIGMAS).
 Held-out split (the default model trains on the rest): the images of
 ../shared/data/coco_train2017_person_kp whose id satisfies
     int(sha256(str(image_id).encode()).hexdigest(), 16) % 3 == 0
-(`is_held_out`): 42 of the 130 photos, 21 of them with people (81 non-crowd persons, 56 with
-keypoints). Person-free held-out photos stay in: false positives on them count.
+(`is_held_out`, training/datasets/splits.py): 42 of the 130 photos, 21 of them with people (81
+non-crowd persons, 56 with keypoints). Person-free held-out photos stay in: false positives on them count.
 
 Latency: wall time of `predict` (pre-processing, ONNX Runtime, decoding) per image, after 2 warm-up
 images; median and mean over the split, plus the median process CPU time (all threads; less sensitive
@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import hashlib
 import importlib.util
 import json
 import os
@@ -43,16 +42,10 @@ from occluded_ppe_ros.inference.coco_results import pedestrians_to_coco_results 
 from occluded_ppe_ros.peers import DEFAULT_PEER_DIR, PeerSettings, available_peers, create_peer  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data' / 'coco_train2017_person_kp'
-HELD_OUT_MODULUS = 3
 
 
-def is_held_out(image_id: int) -> bool:
-    """True for the held-out evaluation images (about a third, chosen by a hash of the id)."""
-    return int(hashlib.sha256(str(int(image_id)).encode()).hexdigest(), 16) % HELD_OUT_MODULUS == 0
-
-
-def _evaluate_coco():
-    """`evaluate_coco` from this checkout's training/ (the venv may hold an older installed copy)."""
+def _load_training_package():
+    """Import occluded_ppe_training from this checkout's training/ (the venv may hold an older copy)."""
     name = 'occluded_ppe_training'
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(
@@ -61,6 +54,19 @@ def _evaluate_coco():
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
+
+
+def is_held_out(image_id: int) -> bool:
+    """True for the held-out evaluation images: the one rule in training/datasets/splits.py."""
+    _load_training_package()
+    from occluded_ppe_training.datasets.splits import is_held_out as rule
+
+    return rule(image_id)
+
+
+def _evaluate_coco():
+    """`evaluate_coco` from this checkout's training/ (the venv may hold an older installed copy)."""
+    _load_training_package()
     from occluded_ppe_training.evaluation.coco_eval import evaluate_coco
 
     return evaluate_coco

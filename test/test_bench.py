@@ -34,6 +34,7 @@ def test_ratios_use_medians_and_compare_with_the_targets():
     # medians: ours 200, keypointrcnn 500, floor 150 (wall); 400, 1000, 300 (CPU)
     assert ratios['ours / keypointrcnn alone']['value'] == pytest.approx(0.4)
     assert ratios['ours / keypointrcnn alone']['cpu_value'] == pytest.approx(0.4)
+    assert ratios['ours / keypointrcnn alone']['min_value'] == pytest.approx(100 / 450, abs=1e-3)
     assert ratios['ours / keypointrcnn alone']['met'] is True
     assert ratios['ours full / encoder floor']['value'] == pytest.approx(1.333, abs=1e-3)
     assert ratios['ours full / encoder floor']['met'] is True
@@ -53,7 +54,7 @@ def test_markdown_lists_every_row_and_ratio():
                         'detections': 10, 'flops': 2e9, 'utilisation': 0.5, 'note': ''}]}
     page = bench.to_markdown(report)
     assert '| ours | 10.0 | 20.0 | 10.0 | 10 | 2.0 | 50% |  |' in page
-    assert '| ours / keypointrcnn alone | 0.25 | 0.25 | <= 0.5 | yes |' in page
+    assert '| ours / keypointrcnn alone | 0.25 | 0.25 | 0.25 | <= 0.5 | yes |' in page
     assert '- ours_onnxruntime: no onnxruntime' in page
 
 

@@ -4,6 +4,7 @@ A tiny random ResNet-18 network keeps every export to a few seconds.
 """
 from __future__ import annotations
 
+import argparse
 import subprocess
 import sys
 from pathlib import Path
@@ -167,17 +168,19 @@ def test_checkpoint_export_cache_reuses_and_rekeys(tmp_path):
     torch.manual_seed(1)
     cfg = ModelConfig.from_dict(TINY_MODEL)
     checkpoint = save_checkpoint(tmp_path / 'tiny.pt', build_model(cfg))
-    first = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=tmp_path / 'cache')
-    stamp = first.stat().st_mtime_ns
-    again = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=tmp_path / 'cache')
-    assert again == first and again.stat().st_mtime_ns == stamp
-    assert read_deploy_metadata(first).source['sha256'] == export.sha256_of(checkpoint)
     cache = tmp_path / 'cache'
-    other_size = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache, input_size=(64, 96))
-    assert other_size != first and read_deploy_metadata(other_size).input_size == (64, 96)
+    first = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache, input_size=(64, 96))
+    stamp = first.stat().st_mtime_ns
+    again = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache, input_size=(64, 96))
+    assert again == first and again.stat().st_mtime_ns == stamp            # reused, not re-exported
+    meta = read_deploy_metadata(first)
+    assert meta.source['sha256'] == export.sha256_of(checkpoint) and meta.input_size == (64, 96)
     torch.manual_seed(2)
-    save_checkpoint(checkpoint, build_model(cfg))           # retrained: new bytes, new key
-    assert export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache) not in (first, other_size)
+    save_checkpoint(checkpoint, build_model(cfg))                          # retrained: new bytes, new key
+    retrained = export.cached_onnx_for_checkpoint(checkpoint, cache_dir=cache, input_size=(64, 96))
+    assert retrained != first and first.exists()
+    assert read_deploy_metadata(retrained).source['sha256'] == export.sha256_of(checkpoint)
+    assert not list(cache.glob('*.tmp'))
 
 
 def test_cli_export_from_a_config_runs_from_the_repo(tmp_path):
@@ -194,13 +197,14 @@ def test_cli_export_from_a_config_runs_from_the_repo(tmp_path):
     assert read_deploy_metadata(out).input_size == (64, 96)
 
 
-def test_cli_export_errors_name_the_bad_value(tmp_path):
+def test_cli_export_errors_name_the_bad_value(tmp_path, capsys):
     missing = tmp_path / 'nope.yaml'
     result = subprocess.run([sys.executable, '-m', 'occluded_ppe_ros.cli', 'export', '--config', str(missing),
                              '--out', str(tmp_path / 'x.onnx')], cwd=REPO_ROOT, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 2 and str(missing) in result.stdout
-    result = subprocess.run([sys.executable, '-m', 'occluded_ppe_ros.cli', 'export', '--config', str(missing),
-                             '--out', str(tmp_path / 'x.onnx'), '--input-size', '100x96'], cwd=REPO_ROOT,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and '100x96' in result.stderr
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    with pytest.raises(SystemExit):
+        parser.parse_args(['--config', 'x.yaml', '--out', 'x.onnx', '--input-size', '100x96'])
+    assert '100x96: H and W must be positive multiples of 32' in capsys.readouterr().err

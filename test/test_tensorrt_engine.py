@@ -230,3 +230,49 @@ def test_fp32_engine_builds_once_then_is_reused(tmp_path, tensorrt_gpu):
     assert built and path.stat().st_size > 0
     again, built = te.build_engine(onnx_file, precision='fp32', cache_dir=tmp_path / 'cache')
     assert again == path and not built
+
+
+def test_int8_qdq_of_the_deployed_graph_runs_and_keeps_post_processing_float(tmp_path):
+    """The QDQ graph TensorRT would build from: runs in ONNX Runtime, same contract, metadata kept."""
+    import cv2
+    import onnx
+
+    from occluded_ppe_ros.inference import export
+    from occluded_ppe_ros.inference.backends.onnxruntime_backend import (OnnxRuntimeBackend,
+                                                                          read_deploy_metadata)
+    from occluded_ppe_ros.model.config import ModelConfig
+    from occluded_ppe_ros.model.network import build_model
+
+    torch.manual_seed(0)
+    cfg = ModelConfig.from_dict({
+        'backbone': {'name': 'resnet18'}, 'fpn': {'channels': 16},
+        'detection': {'head_channels': 8, 'pre_nms_topk': 12}, 'mask': {'roi_size': 7, 'resolution': 14,
+                                                                        'channels': 8},
+        'pose': {'roi_height': 8, 'roi_width': 6, 'encoder_channels': 16, 'encoder_convs': 1,
+                 'decoder_channels': 8, 'domain_hidden': 8},
+        'inference': {'input_height': 64, 'input_width': 96, 'max_detections': 4}})
+    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'int8'})
+    deploy = export.build_deploy_module(network, 'citypersons', 4)
+    fp32 = export.export_onnx(deploy, export.deploy_metadata(network, 'citypersons', (64, 96), 4),
+                              tmp_path / 'deploy.onnx')
+    calib_dir = tmp_path / 'calib'
+    calib_dir.mkdir()
+    for seed in range(3):
+        rgb = (export.synthetic_image(80, 100, seed).transpose(1, 2, 0) * 255).astype(np.uint8)
+        cv2.imwrite(str(calib_dir / f'{seed}.png'), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    calibration = te.calibration_images(calib_dir, (64, 96), max_images=8)
+    qdq = te.quantize_onnx_int8(fp32, tmp_path / 'deploy_int8.onnx', calibration)
+
+    graph = onnx.load(str(qdq)).graph
+    produced_by = {output: node.op_type for node in graph.node for output in node.output}
+    assert sum(node.op_type == 'QuantizeLinear' for node in graph.node) > 10
+    for node in graph.node:
+        if node.op_type in ('RoiAlign', 'TopK', 'NonMaxSuppression'):
+            assert produced_by.get(node.input[0]) != 'DequantizeLinear', node.name
+    assert read_deploy_metadata(qdq) == read_deploy_metadata(fp32)
+    images = calibration[:2]
+    reference = OnnxRuntimeBackend(fp32, device='cpu').run(images)
+    quantized = OnnxRuntimeBackend(qdq, device='cpu').run(images)
+    for name, value in reference.items():
+        assert quantized[name].shape == value.shape and quantized[name].dtype == value.dtype, name
+    assert np.isfinite(quantized['boxes']).all() and quantized['valid'].sum() == reference['valid'].sum()

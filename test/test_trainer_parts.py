@@ -149,3 +149,35 @@ def test_train_cli_reports_bad_configs_and_missing_checkpoints_in_one_line(tmp_p
                               '--set', f'output_dir={tmp_path / "run"}'])
     assert train_cli.run(args) == 1
     assert f'checkpoint {tmp_path / "stage1.pt"} does not exist' in capsys.readouterr().err
+
+
+def _target_with_people(keypoints: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A contract-2 target of N people [N, 13, 3] on a 64 x 64 input, boxes around the joints."""
+    from occluded_ppe_training.datasets.common import make_target
+
+    boxes = torch.cat([keypoints[..., :2].amin(dim=1) - 2, keypoints[..., :2].amax(dim=1) + 2], dim=1)
+    masks = np.zeros((len(keypoints), 64, 64), np.uint8)
+    for i, (x1, y1, x2, y2) in enumerate(boxes.round().int().tolist()):
+        masks[i, y1:y2, x1:x2] = 1
+    return make_target(0, 64, 64, boxes=boxes.numpy(), masks=masks, keypoints=keypoints.numpy())
+
+
+def test_periodic_evaluation_scores_perfect_and_wrong_keypoints_like_pycocotools():
+    from occluded_ppe_training.evaluation.coco_eval import evaluate_coco
+    from occluded_ppe_training.trainer import coco_keypoint_dicts
+
+    generator = torch.Generator().manual_seed(0)
+    keypoints = torch.cat([torch.rand(2, 13, 2, generator=generator) * 40 + 10,
+                           torch.full((2, 13, 1), 2.0)], dim=2)
+    keypoints[0, 12, 2] = 1.0                 # an occluded joint still counts (v > 0)
+    target = _target_with_people(keypoints)
+    perfect = {'boxes': target['boxes'], 'scores': torch.tensor([0.9, 0.8]),
+               'keypoints': torch.cat([keypoints[..., :2], torch.ones(2, 13, 1)], dim=2)}
+    ground_truth, results = coco_keypoint_dicts([target], [perfect], (64, 64))
+    assert [a['num_keypoints'] for a in ground_truth['annotations']] == [13, 13]
+    assert ground_truth['annotations'][0]['area'] == float(target['masks'][0].sum())
+    metrics = evaluate_coco(ground_truth, results, ['keypoints'])['keypoints'].named
+    assert metrics['AP'] == pytest.approx(1.0)
+    shifted = dict(perfect, keypoints=perfect['keypoints'] + torch.tensor([20.0, 20.0, 0.0]))
+    ground_truth, results = coco_keypoint_dicts([target], [shifted], (64, 64))
+    assert evaluate_coco(ground_truth, results, ['keypoints'])['keypoints'].named['AP'] == pytest.approx(0.0)

@@ -18,6 +18,7 @@ from typing import Any, Optional
 
 import yaml
 
+from occluded_ppe_training.datasets.splits import SPLITS as SPLIT_FILTERS
 from occluded_ppe_training.schedules import LRSchedule, MaskSchedule
 
 DOMAINS = ('citypersons', 'coco')       # the network's branches (contract 2): target, source
@@ -63,6 +64,13 @@ class DatasetConfig:
         skip_invalid: skip and count bad records (missing image, wrong keypoint count, box outside the
             image) instead of stopping at the first one with an error naming the file and record id.
         max_images: use only the first N images (None: all).
+        split_filter: keep only one part of a COCO-format set ('coco' or 'synthetic') by the held-out
+            rule of datasets/splits.py: 'train' (not held out) or 'heldout' (None: every image).
+            Applied before `max_images`.
+        repeat: how many times this set's images enter the domain's sampling pool (a sampling weight
+            relative to the `extra` sets; 1: once).
+        extra: further datasets of the same domain, concatenated with this one (each with its own
+            format, split_filter and repeat), e.g. the real COCO train split plus synthetic pedestrians.
     """
 
     format: str = 'coco'
@@ -75,8 +83,19 @@ class DatasetConfig:
     hide_keypoints: bool = False
     skip_invalid: bool = False
     max_images: Optional[int] = None
+    split_filter: Optional[str] = None
+    repeat: int = 1
+    extra: list[DatasetConfig] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        if self.split_filter is not None and self.split_filter not in SPLIT_FILTERS:
+            raise ValueError(f'split_filter must be one of {SPLIT_FILTERS} or null, '
+                             f'got {self.split_filter!r}')
+        if self.split_filter is not None and self.format == 'citypersons':
+            raise ValueError('split_filter applies to COCO-format sets (coco, synthetic), not citypersons '
+                             '(choose its split with split:)')
+        if self.repeat < 1:
+            raise ValueError(f'repeat must be >= 1, got {self.repeat}')
         if self.format == 'citypersons' and self.root and not self.annotations:
             self.annotations = str(Path(self.root) / 'annotations' / f'anno_{self.split}.mat')
         if self.format not in DATASET_FORMATS:
@@ -309,6 +328,9 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         return {key: _convert(value_type, item, f'{where}.{key}') for key, item in value.items()}
     if origin is list and not isinstance(value, list):
         raise ValueError(f'{where}: expected a list, got {value!r}')
+    if origin is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        item_type = typing.get_args(hint)[0]
+        return [_build(item_type, item, f'{where}[{index}]') for index, item in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint in (int, float, bool, str) and not isinstance(value, hint):

@@ -39,13 +39,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from occluded_ppe_training.config import SOURCE_DOMAIN, DatasetConfig, TrainConfig
 from occluded_ppe_training.schedules import lr_factor, mask_ratio
 
 CHECKPOINT_FORMAT = 'occluded_ppe/1'
 LAST_CHECKPOINT = 'last.pt'
+
 
 def weighted_total(losses: dict[str, torch.Tensor], alpha: float, beta: float, gamma: float
                    ) -> torch.Tensor:
@@ -254,16 +255,30 @@ def build_dataset(cfg: DatasetConfig, domain: str, input_size: tuple[int, int],
             annotations, images = Path(cfg.annotations), Path(cfg.images)
         dataset = CocoPersonKeypoints(annotations, images, transforms=transform,
                                       skip_invalid=cfg.skip_invalid)
+    if cfg.split_filter is not None:
+        from occluded_ppe_training.datasets.splits import in_split
+
+        dataset = Subset(dataset, [index for index, image in enumerate(dataset.images)
+                                   if in_split(image['id'], cfg.split_filter)])
     if cfg.max_images is not None:
         dataset = Subset(dataset, range(min(cfg.max_images, len(dataset))))
     # The target domain never trains on pose labels, whatever set plays it.
     if cfg.hide_keypoints or (train and domain != SOURCE_DOMAIN):
         dataset = HiddenKeypoints(dataset)
+    if cfg.repeat > 1 or cfg.extra:
+        # A sampling weight by repetition: the endless sampler shuffles the whole pool each epoch.
+        parts = [dataset] * cfg.repeat
+        for extra in cfg.extra:
+            parts.append(build_dataset(extra, domain, input_size, augment, train))
+        dataset = ConcatDataset(parts)
     return dataset
 
 
 def skipped_records(dataset: Dataset) -> list:
     """The records a dataset (possibly wrapped in Subset / HiddenKeypoints) left out with skip_invalid."""
+    if isinstance(dataset, ConcatDataset):      # several sets of one domain (DatasetConfig.extra)
+        unique = {id(part): part for part in dataset.datasets}.values()
+        return [record for part in unique for record in skipped_records(part)]
     while not hasattr(dataset, 'skipped') and hasattr(dataset, 'dataset'):
         dataset = dataset.dataset
     return list(getattr(dataset, 'skipped', []))
@@ -586,8 +601,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
         del checkpoint
 
     input_size = (cfg.input_size[0], cfg.input_size[1])
-    synthetic_sets = [c for c in [*cfg.data.values(), cfg.eval.data]
-                      if c is not None and c.format == 'synthetic']
+    dataset_configs = [c for c in [*cfg.data.values(), cfg.eval.data] if c is not None]
+    dataset_configs += [extra for c in dataset_configs for extra in c.extra]
+    synthetic_sets = [c for c in dataset_configs if c.format == 'synthetic']
     if is_main:
         for data_cfg in synthetic_sets:      # generated once, by rank 0, before anyone reads it
             prepare_synthetic(data_cfg)
@@ -663,8 +679,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             raise FloatingPointError(f'non-finite loss at iteration {iteration}: {values}')
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        gradient_norm = None
         if cfg.optimizer.grad_clip_norm > 0:
-            nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip_norm)
+            gradient_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.optimizer.grad_clip_norm))
         optimizer.step()
         lr = optimizer.param_groups[0]['lr']
         scheduler.step()
@@ -695,13 +712,16 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                 writer.add_scalar(f'term/{key}', value, done)
             writer.add_scalar('train/lr', lr, done)
             writer.add_scalar('train/mask_ratio', ratio, done)
+            if gradient_norm is not None:     # before clipping: how often the clip bites
+                writer.add_scalar('train/gradient_norm', gradient_norm, done)
             writer.add_scalar('train/iterations_per_second', (done - tick_iteration) / max(now - tick, 1e-9),
                               done)
             tick, tick_iteration = now, done
         if eval_dataset is not None and (done % cfg.eval.every == 0 or done == last_iteration):
-            metrics.update(evaluate_keypoint_ap(model, eval_dataset, cfg.eval.domain, input_size, device,
-                                                cfg.eval.max_images))
-            for key, value in metrics.items():
+            evaluation = evaluate_keypoint_ap(model, eval_dataset, cfg.eval.domain, input_size, device,
+                                              cfg.eval.max_images)
+            metrics.update(evaluation)
+            for key, value in evaluation.items():
                 writer.add_scalar(f'eval/{key}', value, done)
         if done % cfg.checkpoint_every == 0 or done == last_iteration:
             metrics.update({f'loss/{key}': value for key, value in record.items()})

@@ -6,7 +6,7 @@ cell the four distances to the box sides (left, top, right, bottom, in pixels). 
 centre-cell size regression, every cell inside the object's central Gaussian regresses the box (GIoU
 loss weighted by that Gaussian, normalised per object), which TTFNet showed converges several times
 faster - what matters when training on a CPU with little data. Decoding is a 3x3 max-pool peak pick,
-top-k, class-wise NMS (torchvision batched_nms, also across images by offsetting the group id by image)
+top-k, class-wise NMS (torchvision nms with per-class, per-image coordinate offsets; across images too)
 and a fixed top-K, so the exported graph has fixed shapes and no data-dependent Python control flow.
 
 Ignore regions (CityPersons 'ignore', COCO crowd): cells whose centre falls in one get no negative
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from occluded_ppe_ros.model.backbone import _groups
 from occluded_ppe_ros.model.config import DetectionConfig
@@ -238,7 +238,11 @@ def decode_detections(heatmap_logits: torch.Tensor, distances: torch.Tensor, str
                          (cy + sides[..., 3]).clamp(min=0, max=image_height)], dim=2)
     batch_index = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(labels)
     groups = (batch_index * num_classes + labels).reshape(-1)
-    keep = batched_nms(boxes.reshape(-1, 4), scores.reshape(-1), groups, nms_iou)
+    # Class- and image-wise NMS in one call by moving each group to its own coordinate range (what
+    # torchvision's batched_nms does inside). Called directly because batched_nms is scripted and
+    # exports as an ONNX `If` around NonMaxSuppression, which TensorRT handles poorly.
+    offsets = groups.to(boxes.dtype) * float(max(image_width, image_height) + 1)
+    keep = nms(boxes.reshape(-1, 4) + offsets[:, None], scores.reshape(-1), nms_iou)
     kept = torch.zeros_like(scores.reshape(-1), dtype=torch.bool)
     kept[keep] = True
     kept = kept.reshape(scores.shape)

@@ -10,6 +10,7 @@ DeployMetadata), found next to the engine cache as `--onnx` or given explicitly.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -19,6 +20,8 @@ from occluded_ppe_ros.inference.backends.onnxruntime_backend import (INPUT_NAME,
                                                                       read_deploy_metadata)
 from occluded_ppe_ros.inference.tensorrt_engine import (TensorRTUnavailableError, require_cuda_device,
                                                          require_tensorrt)
+
+LOG = logging.getLogger('ppe.tensorrt')
 
 
 def _torch_dtype(trt, data_type):
@@ -178,10 +181,20 @@ class TensorRTBackend:
 
 def engine_for_onnx(onnx_path: str | os.PathLike, precision: str = 'fp16',
                     cache_dir: str | os.PathLike | None = None) -> Path:
-    """The cached engine of an ONNX file (built on first use), for `create_backend('tensorrt', ...)`."""
+    """The cached engine of an ONNX file (built on first use), for `create_backend('tensorrt', ...)`.
+
+    fp16 falls back to fp32 (with a warning) where neither ModelOpt nor a TensorRT 10 FP16 flag can
+    make an fp16 engine, so 'auto' still gets a working TensorRT backend.
+    """
     from occluded_ppe_ros.inference.tensorrt_engine import build_engine
 
-    path, _ = build_engine(onnx_path, precision=precision, cache_dir=cache_dir)
+    try:
+        path, _ = build_engine(onnx_path, precision=precision, cache_dir=cache_dir)
+    except TensorRTUnavailableError as error:
+        if precision != 'fp16' or 'modelopt' not in str(error).lower():
+            raise
+        LOG.warning('%s; building an fp32 engine instead', error)
+        path, _ = build_engine(onnx_path, precision='fp32', cache_dir=cache_dir)
     return path
 
 
