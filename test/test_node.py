@@ -89,6 +89,7 @@ class Probe:
 
         self.node = spinner.add(Node('ppe_probe', namespace=namespace, context=spinner.executor.context))
         self.lock = threading.Lock()
+        self._clients: dict = {}
         self.received: dict[str, list] = {topic: [] for topic in self.TOPICS}
         types = {'detections': Detection2DArray, 'poses': PedestrianPoseArray, 'markers': MarkerArray,
                  'masks': Image, 'overlay': Image, '/diagnostics': DiagnosticArray}
@@ -130,11 +131,15 @@ class Probe:
         return False
 
     def call(self, spinner, service_type, name: str, request, timeout: float = 30.0):
-        client = self.node.create_client(service_type, name)
+        # One client per service for the probe's lifetime: a fresh client per call must be discovered
+        # anew each time, which under a fully loaded CPU took longer than the timeout (seen in CI).
+        key = (service_type, name)
+        client = self._clients.get(key)
+        if client is None:
+            client = self._clients[key] = self.node.create_client(service_type, name)
         assert client.wait_for_service(timeout_sec=timeout), f'{name} not available'
         future = client.call_async(request)
         assert spinner.wait_for(future.done, timeout=timeout), f'{name} did not answer'
-        self.node.destroy_client(client)
         return future.result()
 
 
