@@ -394,7 +394,11 @@ def _default_model_row(ctx: BenchContext, backend_name: str) -> RowSpec:
 
         backend = TensorRTBackend(engine_for_onnx(model_file), model_file)
         note = 'TensorRT engine built from the ONNX export'
-    predictor = Predictor(backend)
+    from occluded_ppe_ros.ros.parameters import PARAMETERS_BY_NAME   # plain table, no rclpy
+
+    # The node's default thresholds: what a user of the default model gets.
+    predictor = Predictor(backend, score_threshold=PARAMETERS_BY_NAME['score_threshold'].default,
+                          keypoint_threshold=PARAMETERS_BY_NAME['keypoint_threshold'].default)
     people = predictor.predict(rgb)
     height, width = backend.input_size
     return RowSpec(f'default_{backend_name}',

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Train the shipped default model (models/ppe_default.pt) from scratch on this machine's CPU and export it:
 #   stage 1 (config/train_default_stage1.yaml, 16 min) -> stage 2 (config/train_default_stage2.yaml,
-#   26 min) -> models/ppe_default.pt (fp16) -> models/ppe_default.onnx (`ppe export`, parity checked).
+#   20 min) -> models/ppe_default.pt (fp16) -> models/ppe_default.onnx (`ppe export`, parity checked).
 # Needs ../shared/data/coco_train2017_person_kp (the real photos; only their train split is used).
 # Extra arguments go to both `ppe train` calls, e.g. --set time_limit_s=60 for a smoke run.
 # The model card (models/README.md) gives the evaluation commands.

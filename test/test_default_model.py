@@ -89,15 +89,21 @@ def test_onnx_export_matches_torch_on_a_sample_photo(torch_predictor):
     onnx_predictor = Predictor(OnnxRuntimeBackend(ONNX_FILE, device='cpu', intra_op_threads=2),
                                score_threshold=0.05)
     assert onnx_predictor.backend.input_size == torch_predictor.backend.input_size
-    image = _rgb(REPO / 'samples' / '000000129648.jpg')     # another size than the first photo
-    for rgb in (_rgb(HELD_OUT_PHOTO), image):
+    # The weak heatmap has plateaus of exactly equal scores (at the image's bottom border) where
+    # torch.topk and ONNX Runtime's TopK may keep different cells, and NMS then keeps different
+    # neighbours. So most (not all) torch detections must have an exact ONNX Runtime twin.
+    height, width = torch_predictor.backend.input_size
+    second = _rgb(REPO / 'samples' / '000000129648.jpg')
+    for rgb in (_rgb(HELD_OUT_PHOTO), second, cv2.resize(second, (width * 2, height * 2))):
         expected, got = torch_predictor.predict(rgb), onnx_predictor.predict(rgb)
         assert expected, 'the torch backend found nothing at score 0.05'
-        # Detections near the threshold may flip; compare the confident ones one to one.
-        strong = [p for p in expected if p.score > 0.1]
-        assert len(got) >= len(strong)
-        for reference, candidate in zip(strong, got):
-            np.testing.assert_allclose(candidate.box, reference.box, atol=0.5)
-            assert abs(candidate.score - reference.score) < 1e-3
-            np.testing.assert_allclose(candidate.keypoints, reference.keypoints, atol=0.5)
-            assert candidate.class_name == reference.class_name
+        assert len(got) == len(expected)
+        twinned = 0
+        for reference in expected:
+            twins = [c for c in got if np.abs(c.box - reference.box).max() < 0.5
+                     and abs(c.score - reference.score) < 1e-4
+                     and np.abs(c.keypoints - reference.keypoints).max() < 0.5
+                     and c.class_name == reference.class_name]
+            twinned += bool(twins)
+        print(f'{twinned} of {len(expected)} torch detections have an ONNX Runtime twin')
+        assert twinned >= 0.6 * len(expected), f'only {twinned} of {len(expected)} detections agree'

@@ -195,6 +195,10 @@ def detection_loss(heatmap_logits: torch.Tensor, distances: torch.Tensor,
     return {'loss_det_heatmap': loss_heatmap, 'loss_det_box': loss_box * cfg.box_loss_weight}
 
 
+# Per-cell step of the tie-breaking ramp in `decode_detections` (score units).
+TIE_BREAK_STEP = 1e-8
+
+
 def decode_detections(heatmap_logits: torch.Tensor, distances: torch.Tensor, stride: int, image_height: int,
                       image_width: int, pre_nms_topk: int, max_detections: int, nms_iou: float
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -223,7 +227,13 @@ def decode_detections(heatmap_logits: torch.Tensor, distances: torch.Tensor, str
     if candidates < max_detections:
         raise ValueError(f'max_detections {max_detections} exceeds the {candidates} heatmap cells of a '
                          f'{height}x{width} map: use a larger input or fewer detections')
-    scores, index = flat.topk(candidates, dim=1)                           # [B, P]
+    # Exactly tied scores (plateaus where a weakly trained head outputs only its bias) would leave the
+    # choice among them to each runtime's TopK / NMS, so PyTorch and ONNX Runtime could keep different
+    # cells. Ranking by score minus a tiny ramp over the cell index breaks ties the same way everywhere
+    # (scores closer than ~1e-8 per cell swap order at most); the reported scores stay the true ones.
+    ramp = torch.arange(flat.shape[1], device=flat.device, dtype=flat.dtype) * TIE_BREAK_STEP
+    rank_keys, index = (flat - ramp).topk(candidates, dim=1)               # [B, P]
+    scores = flat.gather(1, index)
     cells = height * width
     labels = torch.div(index, cells, rounding_mode='floor')
     cell = index - labels * cells
@@ -242,13 +252,14 @@ def decode_detections(heatmap_logits: torch.Tensor, distances: torch.Tensor, str
     # torchvision's batched_nms does inside). Called directly because batched_nms is scripted and
     # exports as an ONNX `If` around NonMaxSuppression, which TensorRT handles poorly.
     offsets = groups.to(boxes.dtype) * float(max(image_width, image_height) + 1)
-    keep = nms(boxes.reshape(-1, 4) + offsets[:, None], scores.reshape(-1), nms_iou)
+    keep = nms(boxes.reshape(-1, 4) + offsets[:, None], rank_keys.reshape(-1), nms_iou)
     kept = torch.zeros_like(scores.reshape(-1), dtype=torch.bool)
     kept[keep] = True
     kept = kept.reshape(scores.shape)
-    ranked = torch.where(kept, scores, torch.full_like(scores, -1.0))
-    top_scores, order = ranked.topk(max_detections, dim=1)
-    valid = top_scores >= 0
+    ranked = torch.where(kept, rank_keys, torch.full_like(rank_keys, -2.0))
+    _, order = ranked.topk(max_detections, dim=1)
+    valid = kept.gather(1, order)
+    top_scores = scores.gather(1, order)
     out_boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
     out_labels = labels.gather(1, order)
     out_scores = torch.where(valid, top_scores, torch.zeros_like(top_scores))

@@ -58,7 +58,8 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   minimum=0, maximum=4096, multiple_of=32),
     ParameterSpec('input_width', 0, "network input width, pixels, multiple of 32; 0 = the model's",
                   minimum=0, maximum=4096, multiple_of=32),
-    ParameterSpec('score_threshold', 0.5, 'minimum detection score in [0, 1]', runtime=True,
+    # 0.08: the shipped default model's operating point on the held-out real photos (models/README.md).
+    ParameterSpec('score_threshold', 0.08, 'minimum detection score in [0, 1]', runtime=True,
                   minimum=0.0, maximum=1.0),
     ParameterSpec('nms_threshold', 1.0, "extra class-wise NMS after the model's own: IoU above which the "
                   "lower-scoring of two boxes is suppressed, (0, 1]; 1.0 = the model's NMS only",
