@@ -30,16 +30,10 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 def _import_source_tree() -> None:
     """Import occluded_ppe_ros / occluded_ppe_training from this checkout (not an installed copy)."""
-    import importlib.util
-
     sys.path.insert(0, str(REPO_ROOT))
-    if 'occluded_ppe_training' not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            'occluded_ppe_training', REPO_ROOT / 'training' / '__init__.py',
-            submodule_search_locations=[str(REPO_ROOT / 'training')])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules['occluded_ppe_training'] = module
-        spec.loader.exec_module(module)
+    from occluded_ppe_ros.source_tree import import_training_from_source
+
+    import_training_from_source(REPO_ROOT)
 
 
 def evaluate_synthetic(checkpoint: Path, heldout: Path, threads: int, domain: str | None = None) -> dict:

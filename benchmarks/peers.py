@@ -24,7 +24,6 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -39,6 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from occluded_ppe_ros.inference.coco_results import pedestrians_to_coco_results  # noqa: E402
+from occluded_ppe_ros.source_tree import import_training_from_source  # noqa: E402
 from occluded_ppe_ros.peers import DEFAULT_PEER_DIR, PeerSettings, available_peers, create_peer  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data' / 'coco_train2017_person_kp'
@@ -46,14 +46,7 @@ DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data' / 'coco_train2017_person_kp'
 
 def _load_training_package():
     """Import occluded_ppe_training from this checkout's training/ (the venv may hold an older copy)."""
-    name = 'occluded_ppe_training'
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            name, REPO_ROOT / 'training' / '__init__.py',
-            submodule_search_locations=[str(REPO_ROOT / 'training')])
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+    import_training_from_source(REPO_ROOT)
 
 
 def is_held_out(image_id: int) -> bool:

@@ -10,7 +10,6 @@ load shows in the figure; `taskset -c 0` keeps the run on one core.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 import tempfile
@@ -23,14 +22,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 def _import_training_from_source() -> None:
     """Import `occluded_ppe_training` from training/ (setup.py's package_dir), not an installed copy."""
-    if 'occluded_ppe_training' in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        'occluded_ppe_training', REPO_ROOT / 'training' / '__init__.py',
-        submodule_search_locations=[str(REPO_ROOT / 'training')])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['occluded_ppe_training'] = module
-    spec.loader.exec_module(module)
+    from occluded_ppe_ros.source_tree import import_training_from_source
+
+    import_training_from_source(REPO_ROOT)
 
 
 def main() -> int:

@@ -24,23 +24,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from occluded_ppe_ros.ros.dds_env import apply_loopback_env, loopback_env  # noqa: E402
+from occluded_ppe_ros.source_tree import import_training_from_source  # noqa: E402
 
-
-def _import_training_from_source() -> None:
-    """Import `occluded_ppe_training` from training/ (setup.py's package_dir), not a stale installed copy."""
-    import importlib.util
-
-    if 'occluded_ppe_training' in sys.modules:
-        return
-    spec = importlib.util.spec_from_file_location(
-        'occluded_ppe_training', REPO_ROOT / 'training' / '__init__.py',
-        submodule_search_locations=[str(REPO_ROOT / 'training')])
-    module = importlib.util.module_from_spec(spec)
-    sys.modules['occluded_ppe_training'] = module
-    spec.loader.exec_module(module)
-
-
-_import_training_from_source()
+import_training_from_source(REPO_ROOT)
 
 TEST_DOMAIN_ID = random.randint(1, 100)
 apply_loopback_env('udp', domain_id=TEST_DOMAIN_ID)
