@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from tiny_models import TINY_STRIDE4, tiny_model_config
 import torch
 
 from occluded_ppe_ros.inference import export
@@ -15,15 +16,7 @@ from occluded_ppe_ros.inference.backends.onnxruntime_backend import (OUTPUT_NAME
 from occluded_ppe_ros.inference.tensorrt_engine import tensorrt_available
 from occluded_ppe_ros.model.config import ModelConfig
 
-TINY_MODEL = {
-    'backbone': {'name': 'resnet18'},
-    'fpn': {'channels': 32},
-    'detection': {'head_channels': 16, 'pre_nms_topk': 20},
-    'mask': {'roi_size': 7, 'resolution': 14, 'channels': 16},
-    'pose': {'roi_height': 8, 'roi_width': 6, 'encoder_channels': 32, 'encoder_convs': 2,
-             'decoder_channels': 16, 'domain_hidden': 16},
-    'inference': {'domain': 'citypersons', 'input_height': 64, 'input_width': 96, 'max_detections': 4},
-}
+TINY_MODEL = tiny_model_config(TINY_STRIDE4, 'citypersons', 64, 96, max_detections=4)
 
 
 @pytest.fixture(scope='module')

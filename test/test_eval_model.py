@@ -12,20 +12,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiny_models import TINY_STRIDE8, tiny_model_config
 import scipy.io
 
 from occluded_ppe_ros.inference.results import Pedestrian
 from occluded_ppe_training.evaluation.model_eval import compare_predictions
 
-TINY_MODEL_CONFIG = {
-    'backbone': {'name': 'resnet18'},
-    'fpn': {'channels': 32, 'output_stride': 8},
-    'detection': {'head_channels': 16, 'pre_nms_topk': 20},
-    'mask': {'roi_size': 7, 'channels': 16, 'num_convs': 1, 'resolution': 14},
-    'pose': {'roi_height': 8, 'roi_width': 6, 'encoder_channels': 16, 'encoder_convs': 1,
-             'decoder_channels': 16, 'decoder_deconvs': 1, 'domain_hidden': 16},
-    'inference': {'domain': 'coco', 'input_height': 96, 'input_width': 128, 'max_detections': 5},
-}
+TINY_MODEL_CONFIG = tiny_model_config(TINY_STRIDE8, 'coco', 96, 128, max_detections=5)
 KEPT_SLOTS = [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
 
 

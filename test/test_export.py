@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import TINY_STRIDE4, tiny_model_config
 import torch
 import yaml
 
@@ -21,15 +22,7 @@ from occluded_ppe_ros.model.config import ModelConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
-TINY_MODEL = {
-    'backbone': {'name': 'resnet18'},
-    'fpn': {'channels': 32},
-    'detection': {'head_channels': 16, 'pre_nms_topk': 20},
-    'mask': {'roi_size': 7, 'resolution': 14, 'channels': 16},
-    'pose': {'roi_height': 8, 'roi_width': 6, 'encoder_channels': 32, 'encoder_convs': 2,
-             'decoder_channels': 16, 'domain_hidden': 16},
-    'inference': {'domain': 'citypersons', 'input_height': 96, 'input_width': 128, 'max_detections': 5},
-}
+TINY_MODEL = tiny_model_config(TINY_STRIDE4, 'citypersons', 96, 128, max_detections=5)
 
 
 @pytest.fixture(scope='module')

@@ -13,18 +13,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from tiny_models import TINY_STRIDE8, tiny_model_config
 
 from occluded_ppe_ros.cli import main as ppe_main
 
-TINY_MODEL_CONFIG = {
-    'backbone': {'name': 'resnet18'},
-    'fpn': {'channels': 32, 'output_stride': 8},
-    'detection': {'head_channels': 16, 'pre_nms_topk': 20},
-    'mask': {'roi_size': 7, 'channels': 16, 'num_convs': 1, 'resolution': 14},
-    'pose': {'roi_height': 8, 'roi_width': 6, 'encoder_channels': 16, 'encoder_convs': 1,
-             'decoder_channels': 16, 'decoder_deconvs': 1, 'domain_hidden': 16},
-    'inference': {'domain': 'citypersons', 'input_height': 128, 'input_width': 160, 'max_detections': 5},
-}
+TINY_MODEL_CONFIG = tiny_model_config(TINY_STRIDE8, 'citypersons', 128, 160, max_detections=5)
 
 
 def write_tiny_checkpoint(folder: Path) -> Path:
