@@ -32,7 +32,8 @@ def test_samples_are_attributed():
 
 def test_demo_feeds_the_node_and_receives_every_topic(tmp_path, ros_env):
     config = tmp_path / 'tiny_model.yaml'
-    config.write_text(yaml.safe_dump(tiny_model_config(TINY_STRIDE8, 'citypersons', 128, 160, max_detections=5)))
+    model = tiny_model_config(TINY_STRIDE8, 'citypersons', 128, 160, max_detections=5)
+    config.write_text(yaml.safe_dump(model))
     out = tmp_path / 'demo'
     command = [sys.executable, '-m', 'occluded_ppe_ros.cli', 'demo', '--out', str(out), '--limit', '2',
                '--random-init', '--model-config', str(config), '--backend', 'torch', '--node-from-source',
