@@ -65,6 +65,18 @@ def _pyplot():
     return plt
 
 
+def _finish(plt, figure, axis, path: str | Path) -> Path:
+    """Add the legend (when there are curves), write the figure as a PNG at `path` and close it."""
+    if axis.lines:
+        axis.legend(fontsize=7)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 def plot_precision_recall(path: str | Path, curves: dict[str, dict[str, list[float]]],
                           recall_points: list[float], title: str) -> Path:
     """Precision-recall curves (COCOeval's interpolated precision); -1 (undefined) points are left out.
@@ -86,14 +98,7 @@ def plot_precision_recall(path: str | Path, curves: dict[str, dict[str, list[flo
                 axis.plot(recall[defined], precision[defined], label=f'{label} @ {threshold}')
     axis.set(xlabel='recall', ylabel='precision', xlim=(0, 1), ylim=(0, 1.02), title=title)
     axis.grid(alpha=0.3)
-    if axis.lines:
-        axis.legend(fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _finish(plt, figure, axis, path)
 
 
 def plot_miss_rate(path: str | Path, curves: dict[str, tuple[list[float], list[float], float | None]],
@@ -117,11 +122,4 @@ def plot_miss_rate(path: str | Path, curves: dict[str, tuple[list[float], list[f
              xlim=(1e-3, 1e1), ylim=(1e-2, 1.05), title=title)
     axis.axvspan(1e-2, 1e0, color='grey', alpha=0.08)
     axis.grid(alpha=0.3, which='both')
-    if axis.lines:
-        axis.legend(fontsize=7)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-    return path
+    return _finish(plt, figure, axis, path)
