@@ -89,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(REPO_ROOT / 'config' / 'train_tiny_stage2.yaml', [
             *common, *variant_overrides(name, args.iters), f'max_iters={args.iters}',
             f'lr_schedule.step_size={max(4 * args.iters // 5, 1)}', f'checkpoint_every={args.iters}',
-            f'init_checkpoint={stage1_checkpoint}', f'output_dir={out / name}'])
+            f'loss.grl_ramp_iters={args.iters // 4}', f'init_checkpoint={stage1_checkpoint}',
+            f'output_dir={out / name}'])
         run = train(cfg)
         results[name] = {
             'iterations': run.iteration, 'final_total_loss': run.history[-1]['total'],

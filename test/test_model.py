@@ -121,6 +121,20 @@ def test_body_stage_strides_and_mobilenet_key_names():
     assert [o.shape[1] for o in outputs] == list(body.out_channels)
 
 
+@pytest.mark.parametrize('name', ['mobilenet_v2', 'resnet18'])
+def test_frozen_stages_get_no_gradient_and_the_rest_trains(name):
+    body = Body(BackboneConfig(name=name, frozen_stages=2))
+    frozen = {id(p) for stage in (0, 1) for p in body.stage_parameters(stage)}
+    trained = {id(p) for stage in (2, 3) for p in body.stage_parameters(stage)}
+    every = {id(p) for p in body.parameters()}
+    assert frozen and trained and frozen | trained == every and not frozen & trained
+    sum(o.sum() for o in body(torch.rand(1, 3, 64, 64))).backward()
+    for parameter in body.parameters():
+        assert (parameter.grad is None) == (id(parameter) in frozen)
+    with pytest.raises(ValueError, match='frozen_stages must be in 0..4, got 5'):
+        ModelConfig.from_dict({'backbone': {'frozen_stages': 5}})
+
+
 def test_tf_same_padding_pads_bottom_right_before_stride_two_convs():
     conv = TFSamePadConv2d(3, 4, 3, stride=2, padding=0)
     x = torch.rand(1, 3, 8, 10)
@@ -200,6 +214,23 @@ def test_pose_decoder_gets_no_gradient_from_the_target_domain():
     losses = model(images, [make_target(2)], domain='coco', stage=2)
     sum(losses.values()).backward()
     assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.pose.decoder.parameters())
+
+
+@pytest.mark.parametrize('heatmap_loss', ['softmax', 'focal'])
+def test_every_instance_goes_through_the_pose_stage_samples_per_instance_times(heatmap_loss):
+    model = tiny_model(samples_per_instance=3, heatmap_loss=heatmap_loss, gate_dilation=1).train()
+    rows_seen = []
+    model.pose.encoder.register_forward_hook(lambda module, args, output: rows_seen.append(output.shape[0]))
+    losses = model(torch.rand(2, 3, HEIGHT, WIDTH), [make_target(2), make_target(1)], domain='coco', stage=2,
+                   mask_ratio=0.2)
+    assert rows_seen == [3 * (2 + 1)]
+    assert all(torch.isfinite(value) for value in losses.values())
+    assert float(losses['loss_pe_heatmap']) > 0.0
+    model.eval()
+    with torch.no_grad():
+        (result,) = model(torch.rand(1, 3, HEIGHT, WIDTH), domain='coco')
+    scores = result['keypoints'][..., 2]
+    assert bool(((scores >= 0) & (scores <= 1)).all())
 
 
 def test_domain_loss_reaches_the_pose_encoder_reversed():

@@ -9,10 +9,11 @@ import torchvision
 
 from occluded_ppe_ros.model.config import DetectionConfig, PoseConfig
 from occluded_ppe_ros.model.detection import decode_detections, detection_targets
-from occluded_ppe_ros.model.losses import gaussian_focal_loss, giou_loss, keypoint_heatmap_loss
-from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, grad_reverse,
-                                        jitter_boxes, keypoint_targets, mask_gate, random_occlusion_gate,
-                                        visible_box_gate)
+from occluded_ppe_ros.model.losses import (gaussian_focal_loss, giou_loss, keypoint_heatmap_loss,
+                                           keypoint_softmax_loss)
+from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, dilate_gate,
+                                        grad_reverse, jitter_boxes, keypoint_distribution_targets,
+                                        keypoint_targets, mask_gate, random_occlusion_gate, visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides
 
 torch.set_num_threads(2)
@@ -107,7 +108,7 @@ def test_decode_heatmaps_matches_slow_reference_on_hand_made_maps():
     maps[0, 1, 0, 1] = 1.0
     maps[0, 2, 5, 4] = 1.5                       # opposite corner, equal neighbours
     maps[1] = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(1))
-    xy, scores, flat_index = decode_heatmaps(maps)
+    xy, scores, flat_index = decode_heatmaps(maps, score_kind='sigmoid')
     for n in range(2):
         for j in range(3):
             ref_x, ref_y, ref_score = decode_reference(maps[n, j].tolist())
@@ -119,6 +120,65 @@ def test_decode_heatmaps_matches_slow_reference_on_hand_made_maps():
     assert int(flat_index[0, 0]) == 2 * 5 + 3
     # Corner (0, 0): clamped left/up are the peak itself (2.0) > right 1.0 / down -4: moves to the border.
     assert xy[0, 1].tolist() == pytest.approx([0.25, 0.25])
+
+
+def test_decode_heatmaps_softmax_score_is_the_probability_mass_around_the_peak():
+    generator = torch.Generator().manual_seed(2)
+    maps = torch.randn(2, 4, 7, 5, generator=generator)
+    maps[0, 0, 3, 2] = 12.0                      # one sharp interior peak: nearly all mass in its window
+    maps[0, 1, 0, 4] = 6.0                       # corner peak: its window has only 4 cells on the map
+    xy_soft, scores, flat_index = decode_heatmaps(maps, score_kind='softmax')
+    xy_sigmoid, _, flat_sigmoid = decode_heatmaps(maps, score_kind='sigmoid')
+    assert torch.equal(xy_soft, xy_sigmoid) and torch.equal(flat_index, flat_sigmoid)
+    probabilities = torch.softmax(maps.flatten(2), dim=2).reshape(maps.shape)
+    for n in range(2):
+        for j in range(4):
+            row, col = divmod(int(flat_index[n, j]), 5)
+            expected = probabilities[n, j, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].sum()
+            assert float(scores[n, j]) == pytest.approx(float(expected), abs=1e-6)
+    assert float(scores[0, 0]) > 0.99
+    with pytest.raises(ValueError, match='score_kind'):
+        decode_heatmaps(maps, score_kind='softmax2')
+
+
+def test_keypoint_distribution_targets_are_normalised_gaussians_at_the_exact_joint():
+    boxes = torch.tensor([[10.0, 20.0, 34.0, 84.0]])           # 24 x 64 px, 16 x 12 map: 2 x 4 px cells
+    keypoints = torch.zeros(1, 13, 3)
+    keypoints[0, 0] = torch.tensor([23.0, 54.0, 2.0])        # cell (row 8, col 6), at (6.5, 8.5) cells
+    keypoints[0, 1] = torch.tensor([40.0, 30.0, 2.0])        # outside the box: not valid
+    keypoints[0, 2] = torch.tensor([20.0, 40.0, 0.0])        # unlabelled
+    targets, valid, flat_index = keypoint_distribution_targets(keypoints, boxes, 16, 12, sigma=1.0)
+    assert valid[0].tolist()[:3] == [True, False, False]
+    assert float(targets[0, 0].sum()) == pytest.approx(1.0, abs=1e-6)
+    assert float(targets[0, 1:].abs().sum()) == 0.0
+    assert int(flat_index[0, 0]) == 8 * 12 + 6
+    # the joint sits on the centre of its cell, far from the border: the distribution's mean is there
+    rows = torch.arange(16, dtype=torch.float32)[:, None] + 0.5
+    cols = torch.arange(12, dtype=torch.float32)[None, :] + 0.5
+    assert float((targets[0, 0] * cols).sum()) == pytest.approx(6.5, abs=1e-3)
+    assert float((targets[0, 0] * rows).sum()) == pytest.approx(8.5, abs=1e-3)
+
+
+def test_keypoint_softmax_loss_is_cross_entropy_over_labelled_joints():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 13, 6, 4, generator=generator)
+    targets = torch.rand(2, 13, 6, 4, generator=generator)
+    targets = targets / targets.sum(dim=(2, 3), keepdim=True)
+    valid = torch.zeros(2, 13, dtype=torch.bool)
+    valid[0, 1] = valid[1, 7] = True
+    expected = 0.0
+    for n, j in ((0, 1), (1, 7)):
+        log_p = torch.log_softmax(logits[n, j].flatten(), dim=0)
+        expected += float(-(targets[n, j].flatten() * log_p).sum()) / 2
+    assert float(keypoint_softmax_loss(logits, targets, valid)) == pytest.approx(expected, rel=1e-5)
+    changed = logits.clone()
+    changed[0, 5:] += torch.randn(8, 6, 4, generator=generator)   # unlabelled joints change freely
+    assert torch.equal(keypoint_softmax_loss(logits, targets, valid),
+                       keypoint_softmax_loss(changed, targets, valid))
+    # a map matching the target's log-probabilities has the lowest loss: the target's entropy
+    optimal = torch.log(targets)
+    optimal_loss = keypoint_softmax_loss(optimal, targets, valid)
+    assert float(optimal_loss) < float(keypoint_softmax_loss(logits, targets, valid))
 
 
 def test_cells_to_pixels_maps_heatmap_cells_onto_the_box():
@@ -309,3 +369,14 @@ def test_jitter_boxes_moves_each_side_within_the_fraction_and_stays_in_the_image
     edge = jitter_boxes(torch.tensor([[0.0, 0.0, 100.0, 100.0]]).repeat(50, 1), 0.2, 100, 100)
     assert float(edge.min()) >= 0 and float(edge[:, 2:].max()) <= 100
     assert torch.equal(jitter_boxes(boxes, 0.0, 100, 100), boxes)
+
+
+def test_dilate_gate_grows_by_whole_cells_and_zero_is_identity():
+    gate = torch.zeros(1, 1, 7, 5)
+    gate[0, 0, 3, 2] = 0.8
+    assert torch.equal(dilate_gate(gate, 0), gate)
+    grown = dilate_gate(gate, 1)
+    expected = torch.zeros(1, 1, 7, 5)
+    expected[0, 0, 2:5, 1:4] = 0.8
+    assert torch.equal(grown, expected)
+    assert float(dilate_gate(gate, 10).min()) == pytest.approx(0.8)

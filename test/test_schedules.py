@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from occluded_ppe_training.schedules import LRSchedule, MaskSchedule, lr_factor, mask_ratio
+from occluded_ppe_training.schedules import LRSchedule, MaskSchedule, grl_factor, lr_factor, mask_ratio
 
 
 def test_paper_step_schedule_divides_by_ten_every_15k():
@@ -95,3 +95,15 @@ def test_bad_lr_schedules_and_iterations_are_rejected():
         lr_factor(-1, LRSchedule())
     with pytest.raises(ValueError, match='iteration'):
         mask_ratio(-1, MaskSchedule())
+
+
+def test_grl_ramp_follows_dann_and_is_full_strength_without_a_ramp():
+    assert grl_factor(0, 0) == 1.0 and grl_factor(500, 0) == 1.0
+    assert grl_factor(0, 100) == 0.0
+    assert grl_factor(50, 100) == pytest.approx(2 / (1 + math.exp(-5.0)) - 1)
+    assert grl_factor(100, 100) == pytest.approx(2 / (1 + math.exp(-10.0)) - 1)
+    assert grl_factor(10_000, 100) == grl_factor(100, 100)          # held after the ramp
+    values = [grl_factor(i, 100) for i in range(0, 101, 5)]
+    assert values == sorted(values)
+    with pytest.raises(ValueError, match='-1'):
+        grl_factor(-1, 100)

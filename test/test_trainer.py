@@ -256,6 +256,49 @@ def test_overfitting_a_fixed_batch_lowers_every_trained_term(tmp_path):
         assert mean(key, last) < mean(key, first), (key, mean(key, first), mean(key, last))
 
 
+def test_stage2_ramps_the_gradient_reversal_and_merges_model_overrides(tmp_path, monkeypatch):
+    """Stage 2 with AdamW, a partial `model:` and loss.grl_ramp_iters (DANN's ramp, per iteration)."""
+    from occluded_ppe_ros.model import ops
+    from occluded_ppe_training.schedules import grl_factor
+
+    stage1 = TrainConfig.from_dict(tiny_config(tmp_path, stage=1, max_iters=1, checkpoint_every=1))
+    train(stage1)
+    scales_seen = []
+    original_forward = ops.GradientReversal.forward
+
+    def recording_forward(self, x):
+        scales_seen.append(self.scale)
+        return original_forward(self, x)
+
+    monkeypatch.setattr(ops.GradientReversal, 'forward', recording_forward)
+    # a stage-2 `model:` holds only the keys it changes; the rest comes from the init checkpoint
+    cfg = TrainConfig.from_dict(tiny_config(
+        tmp_path, stage=2, model={'pose': {'samples_per_instance': 2}},
+        init_checkpoint=str(Path(stage1.output_dir) / 'last.pt'), max_iters=3,
+        checkpoint_every=3, loss={'alpha': 0.5, 'beta': 1.0, 'gamma': 1.0, 'grl_ramp_iters': 10},
+        optimizer={'name': 'adamw', 'lr': 0.001, 'momentum': 0.9, 'weight_decay': 0.0001,
+                   'grad_clip_norm': 10.0}))
+    result = train(cfg)
+    assert result.model.cfg.pose.samples_per_instance == 2
+    assert result.model.cfg.pose.encoder_channels == TINY_MODEL['pose']['encoder_channels']
+    assert result.model.cfg.fpn.channels == TINY_MODEL['fpn']['channels']
+    lambda_ = result.model.cfg.pose.grl_lambda
+    # two domains per iteration, each one forward through the reversal
+    expected = [lambda_ * grl_factor(iteration, 10) for iteration in range(3) for _ in range(2)]
+    assert scales_seen == pytest.approx(expected)
+    assert scales_seen[0] == 0.0 and scales_seen[-1] > 0.0
+    assert isinstance(torch.load(Path(cfg.output_dir) / 'last.pt', weights_only=False)['optimizer'], dict)
+    # --resume with the same partial `model:` continues; one contradicting the run is refused
+    more = TrainConfig.from_dict({**cfg.to_dict(), 'max_iters': 4})
+    assert train(more, resume=True).iteration == 4
+    other = TrainConfig.from_dict({**cfg.to_dict(), 'max_iters': 5,
+                                   'model': {'pose': {'samples_per_instance': 3}}})
+    with pytest.raises(ValueError, match='another model config'):
+        train(other, resume=True)
+    with pytest.raises(ValueError, match="'adam'"):
+        TrainConfig.from_dict(tiny_config(tmp_path, stage=2, optimizer={'name': 'adam'}))
+
+
 def _run_train(config_path: Path, env: dict[str, str], *extra: str) -> subprocess.CompletedProcess:
     command = [sys.executable, '-m', 'occluded_ppe_ros.cli', 'train', '--config', str(config_path), *extra]
     return subprocess.run(command, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)

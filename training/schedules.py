@@ -11,6 +11,10 @@ the same iteration. `torch.optim.lr_scheduler.LambdaLR` wraps `lr_factor` for th
   of each instance that is masked before the pose stage grows as training progresses. The paper gives
   no numbers; the shape ('constant', 'linear', 'cosine' or 'step') and the start/end values and
   iterations come from the config.
+- Gradient-reversal strength (not in the paper, which gives none): DANN's ramp
+  lambda_p = 2 / (1 + exp(-10 p)) - 1 over the first `grl_ramp_iters` iterations of stage 2, so that the
+  domain classifier's reversed gradient does not scramble E_Pose's features before D_Pose has learned
+  anything from them; `grl_ramp_iters: 0` keeps the full strength from the first step.
 """
 from __future__ import annotations
 
@@ -136,3 +140,21 @@ def mask_ratio(iteration: int, schedule: MaskSchedule) -> float:
         # Half-cosine: slow at both ends, so the hardest masking arrives gradually.
         progress = 0.5 - 0.5 * math.cos(math.pi * progress)
     return schedule.start + (schedule.end - schedule.start) * progress
+
+
+def grl_factor(iteration: int, ramp_iters: int) -> float:
+    """Multiplier of the gradient-reversal scale at `iteration` (DANN's ramp; 1 with no ramp).
+
+    Args:
+        iteration: optimizer steps taken so far (>= 0).
+        ramp_iters: iterations over which the factor rises from 0 towards 1 (0: no ramp).
+
+    Returns:
+        2 / (1 + exp(-10 p)) - 1 with p = iteration / ramp_iters clamped to [0, 1]; in [0, 1).
+    """
+    if iteration < 0:
+        raise ValueError(f'iteration must be >= 0, got {iteration}')
+    if ramp_iters <= 0:
+        return 1.0
+    progress = min(iteration / ramp_iters, 1.0)
+    return 2.0 / (1.0 + math.exp(-10.0 * progress)) - 1.0

@@ -41,8 +41,8 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
-from occluded_ppe_training.config import SOURCE_DOMAIN, DatasetConfig, TrainConfig
-from occluded_ppe_training.schedules import lr_factor, mask_ratio
+from occluded_ppe_training.config import SOURCE_DOMAIN, DatasetConfig, OptimizerConfig, TrainConfig
+from occluded_ppe_training.schedules import grl_factor, lr_factor, mask_ratio
 
 CHECKPOINT_FORMAT = 'occluded_ppe/1'
 LAST_CHECKPOINT = 'last.pt'
@@ -527,6 +527,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def _merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` applied key by key, recursing into nested mappings (neither is changed)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if nested else value
+    return out
+
+
 def _build_model(cfg: TrainConfig, resume_from: dict[str, Any] | None = None
                  ) -> tuple[nn.Module, dict[str, Any]]:
     """(model, model_config dict) with its starting weights.
@@ -541,23 +550,44 @@ def _build_model(cfg: TrainConfig, resume_from: dict[str, Any] | None = None
 
     if resume_from is not None:
         model_config = ModelConfig.from_dict(resume_from['model_config'], source='the checkpoint resumed')
-        if cfg.model and ModelConfig.from_dict(cfg.model).to_dict() != model_config.to_dict():
+        # `model:` keys must agree with what the run was trained with (a stage-2 `model:` holds overrides)
+        if cfg.model and ModelConfig.from_dict(_merged(model_config.to_dict(), cfg.model)).to_dict() \
+                != model_config.to_dict():
             raise ValueError(f'{cfg.output_dir}/{LAST_CHECKPOINT} was trained with another model config '
                              f'than this config\'s model:')
         model = build_model(model_config)
         model.load_state_dict(resume_from['model'])
         return model, model_config.to_dict()
     init = load_checkpoint(cfg.init_checkpoint) if cfg.init_checkpoint else None
-    model_dict = cfg.model or (init['model_config'] if init else {})
+    # The init checkpoint's config, with the keys this config's `model:` gives on top (e.g. a stage-2
+    # config changing only pose-training options); without an init checkpoint, `model:` alone.
+    model_dict = _merged(init['model_config'], cfg.model) if init else cfg.model
     model_config = ModelConfig.from_dict(model_dict, source='train config model:')
     model = build_model(model_config)
     if init is not None:
         same_config = ModelConfig.from_dict(init['model_config']).to_dict() == model_config.to_dict()
-        result = model.load_state_dict(init['model'], strict=same_config)
-        if not same_config and (result.missing_keys or result.unexpected_keys):
+        state = init['model']
+        reshaped = []
+        if not same_config:
+            # a changed head (e.g. another decoder depth) starts from scratch; the rest is reused
+            own = model.state_dict()
+            reshaped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+            state = {k: v for k, v in state.items() if k not in reshaped}
+        result = model.load_state_dict(state, strict=same_config)
+        if not same_config and (result.missing_keys or result.unexpected_keys or reshaped):
             print(f'[train] {cfg.init_checkpoint}: model config differs; {len(result.missing_keys)} '
-                  f'parameters not in the checkpoint, {len(result.unexpected_keys)} unused')
+                  f'parameters not in the checkpoint or of another shape ({len(reshaped)}), '
+                  f'{len(result.unexpected_keys)} unused')
     return model, model_config.to_dict()
+
+
+def make_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD with momentum (the paper) or AdamW (beta1 = momentum), over every parameter of `model`."""
+    if cfg.name == 'adamw':
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.momentum, 0.999),
+                                 weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                           weight_decay=cfg.weight_decay)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
@@ -589,8 +619,7 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
                              f'this config trains stage {cfg.stage}')
     model, model_config = _build_model(cfg, resume_from=checkpoint)
     model.to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum,
-                                weight_decay=cfg.optimizer.weight_decay)
+    optimizer = make_optimizer(model, cfg.optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda it: lr_factor(it, cfg.lr_schedule))
     start_iteration, metrics, resume_rng = 0, {}, None
     if checkpoint is not None:
@@ -668,9 +697,11 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     started = time.perf_counter()
     tick, tick_iteration = started, start_iteration       # for the iterations/s written to TensorBoard
     last_iteration = cfg.max_iters
+    grl_lambda = model.pose.gradient_reversal.scale     # the model config's pose.grl_lambda
     for iteration in range(start_iteration, cfg.max_iters):
         iteration_start = time.perf_counter()
         ratio = mask_ratio(iteration, cfg.mask_schedule) if cfg.stage == 2 else 0.0
+        model.pose.gradient_reversal.scale = grl_lambda * grl_factor(iteration, cfg.loss.grl_ramp_iters)
         batch = {domain: move_batch(next(stream), device) for domain, stream in batches.items()}
         losses = step_module(batch, stage=cfg.stage, mask_ratio=ratio)
         total = weighted_total(losses, cfg.loss.alpha, cfg.loss.beta, cfg.loss.gamma)

@@ -117,6 +117,19 @@ class Body(nn.Module):
             _use_tf_same_padding(self)
         if cfg.pretrained_path:
             load_body_weights(self, cfg.pretrained_path)
+        for stage in range(cfg.frozen_stages):
+            for parameter in self.stage_parameters(stage):
+                parameter.requires_grad_(False)
+
+    def stage_parameters(self, stage: int) -> list[nn.Parameter]:
+        """The parameters of stage `stage` (0..3: strides 4, 8, 16, 32; stage 0 includes the stem)."""
+        if self.name == 'mobilenet_v2':
+            start, end = _MOBILENET_STAGES[stage]
+            modules = [self.features[index] for index in range(start, end)]
+        else:
+            stages = [[self.conv1, self.bn1, self.layer1], [self.layer2], [self.layer3], [self.layer4]]
+            modules = stages[stage]
+        return [parameter for module in modules for parameter in module.parameters()]
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Args: x float [B, 3, H, W] normalised. Returns 4 maps at strides 4, 8, 16, 32."""

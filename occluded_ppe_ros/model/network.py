@@ -23,10 +23,12 @@ from torch import nn
 from occluded_ppe_ros.model.backbone import Encoder
 from occluded_ppe_ros.model.config import BRANCH_CLASS_NAMES, ModelConfig
 from occluded_ppe_ros.model.detection import DetectionHead, decode_detections, detection_loss
-from occluded_ppe_ros.model.losses import domain_loss, keypoint_heatmap_loss, mask_loss, occlusion_loss
+from occluded_ppe_ros.model.losses import (domain_loss, keypoint_heatmap_loss, keypoint_softmax_loss,
+                                           mask_loss, occlusion_loss)
 from occluded_ppe_ros.model.mask_head import MaskHead, mask_targets
-from occluded_ppe_ros.model.ops import (jitter_boxes, keypoint_targets, mask_gate, random_occlusion_gate,
-                                        rois_from_boxes, visible_box_gate)
+from occluded_ppe_ros.model.ops import (dilate_gate, jitter_boxes, keypoint_distribution_targets,
+                                        keypoint_targets, mask_gate, random_occlusion_gate, rois_from_boxes,
+                                        visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides, soft_visible_gate
 
 
@@ -117,6 +119,7 @@ class PPENet(nn.Module):
         boxes, keypoints, has_keypoints, gates = [], [], [], []
         for target in targets:
             selected = _select_pose_instances(target, cfg.max_train_instances)
+            selected = selected.repeat(cfg.samples_per_instance)      # each copy jittered on its own
             image_boxes = jitter_boxes(target['boxes'][selected].to(features), cfg.box_jitter, *image_size)
             has_mask = target['has_mask'][selected].to(torch.bool).to(features.device)
             visible_boxes = target.get('visible_boxes', target['boxes'])[selected].to(features)
@@ -136,6 +139,7 @@ class PPENet(nn.Module):
                                  else torch.zeros(count, dtype=torch.bool, device=features.device))
         rois = rois_from_boxes(boxes)
         gate = torch.cat(gates) if gates else features.new_zeros((0, 1, cfg.roi_height, cfg.roi_width))
+        gate = dilate_gate(gate, cfg.gate_dilation)
         occlusion_gate = random_occlusion_gate(rois.shape[0], cfg.roi_height, cfg.roi_width, mask_ratio,
                                                device=features.device)
         gate = gate * occlusion_gate
@@ -153,11 +157,16 @@ class PPENet(nn.Module):
             return losses
         heatmap_logits, occlusion_logits = self.pose.decode(encoded[use])
         hm_h, hm_w = heatmap_logits.shape[-2:]
-        heat_targets, valid, flat_index = keypoint_targets(keypoints_all[use], all_boxes[use], hm_h, hm_w,
-                                                           cfg.heatmap_sigma)
-        losses['loss_pe_heatmap'] = keypoint_heatmap_loss(heatmap_logits, heat_targets, valid,
-                                                          self.cfg.detection.focal_alpha,
-                                                          self.cfg.detection.focal_beta)
+        if cfg.heatmap_loss == 'softmax':
+            heat_targets, valid, flat_index = keypoint_distribution_targets(
+                keypoints_all[use], all_boxes[use], hm_h, hm_w, cfg.heatmap_sigma)
+            losses['loss_pe_heatmap'] = keypoint_softmax_loss(heatmap_logits, heat_targets, valid)
+        else:
+            heat_targets, valid, flat_index = keypoint_targets(keypoints_all[use], all_boxes[use], hm_h, hm_w,
+                                                               cfg.heatmap_sigma)
+            losses['loss_pe_heatmap'] = keypoint_heatmap_loss(heatmap_logits, heat_targets, valid,
+                                                              self.cfg.detection.focal_alpha,
+                                                              self.cfg.detection.focal_beta)
         occluded = (keypoints_all[use][..., 2] == 1) | gate_hides(occlusion_gate[use], keypoints_all[use],
                                                                    all_boxes[use])
         occlusion_at_joint = occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0]
@@ -192,7 +201,8 @@ class PPENet(nn.Module):
         batch_index = batch_index.expand(-1, max_detections).reshape(-1, 1)
         rois = torch.cat([batch_index, flat_boxes], dim=1)
         mask_probs = torch.sigmoid(branch.mask(features, rois))                     # [B*K, M, M]
-        gate = mask_gate(mask_probs, self.cfg.pose.roi_height, self.cfg.pose.roi_width)
+        gate = dilate_gate(mask_gate(mask_probs, self.cfg.pose.roi_height, self.cfg.pose.roi_width),
+                           self.cfg.pose.gate_dilation)
         encoded = self.pose.encode(self.pose.pool(features, rois), gate)
         keypoints, occluded = self.pose.keypoints(encoded, flat_boxes)
         resolution = mask_probs.shape[-1]

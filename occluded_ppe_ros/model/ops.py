@@ -7,7 +7,7 @@
   multiplying the map by its raw mean (which would square the feature scale).
 - `grad_reverse` / `GradientReversal`: identity forward, gradient times -lambda backward (DANN).
 - `mask_gate`, `random_occlusion_gate`: the mask-and-predict gating of instance features.
-- `decode_heatmaps`: keypoint argmax with sub-pixel quarter-offset refinement.
+- `decode_heatmaps`: keypoint argmax with sub-pixel quarter-offset refinement, and the joint's score.
 - `rois_from_boxes`: per-image boxes -> the [R, 5] rows torchvision.ops.roi_align takes.
 
 Coordinates: "cell coordinates" of a map of W x H cells put cell (r, c)'s centre at (c + 0.5, r + 0.5),
@@ -20,6 +20,9 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+# How a keypoint heatmap is trained and therefore how its confidence is read (PoseConfig.heatmap_loss).
+HEATMAP_SCORE_KINDS = ('softmax', 'sigmoid')
 
 
 class ChannelAttention(nn.Module):
@@ -125,6 +128,21 @@ def mask_gate(mask_probs: torch.Tensor, height: int, width: int) -> torch.Tensor
     return F.interpolate(mask_probs[:, None], size=(height, width), mode='bilinear', align_corners=False)
 
 
+def dilate_gate(gate: torch.Tensor, cells: int) -> torch.Tensor:
+    """Grow a gate by `cells` RoI cells in every direction (a (2 cells + 1)^2 max filter); 0 = unchanged.
+
+    Args:
+        gate: float [N, 1, h, w] in [0, 1].
+        cells: dilation radius in RoI cells (>= 0).
+
+    Returns:
+        float [N, 1, h, w], >= gate everywhere.
+    """
+    if cells <= 0:
+        return gate
+    return F.max_pool2d(gate, kernel_size=2 * cells + 1, stride=1, padding=cells)
+
+
 def visible_box_gate(boxes: torch.Tensor, visible_boxes: torch.Tensor, height: int,
                      width: int) -> torch.Tensor:
     """A gate that is 1 on RoI cells whose centre lies in the visible box (used where no mask is known).
@@ -185,7 +203,8 @@ def random_occlusion_gate(count: int, height: int, width: int, ratio: float,
     return gate.to(device)
 
 
-def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax'
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keypoint locations from heatmap logits: argmax, then a quarter-cell step toward the higher neighbour.
 
     The quarter-offset rule (used by Simple Baselines / HRNet) moves the estimate 0.25 cell along each
@@ -195,12 +214,18 @@ def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 
     Args:
         heatmaps: float [N, J, H, W] logits (a larger logit = more likely).
+        score_kind: how the joint's confidence is read, matching the loss the maps were trained with:
+            'softmax' (spatial softmax cross-entropy): the probability mass of the 3 x 3 cells around the
+            peak, so a sharp, single peak scores near 1 and a spread-out or multi-modal map low;
+            'sigmoid' (per-cell focal loss): sigmoid of the peak logit.
 
     Returns:
         xy: float [N, J, 2] in cell coordinates (cell (r, c) centre = (c + 0.5, r + 0.5)).
-        scores: float [N, J], sigmoid of the peak logit.
+        scores: float [N, J] in [0, 1].
         flat_index: int64 [N, J], r * W + c of the peak cell.
     """
+    if score_kind not in HEATMAP_SCORE_KINDS:
+        raise ValueError(f'score_kind must be one of {HEATMAP_SCORE_KINDS}, got {score_kind!r}')
     n, j, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, j, h * w)
     peak, flat_index = flat.max(dim=2)
@@ -215,7 +240,14 @@ def decode_heatmaps(heatmaps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
     dy = torch.sign(neighbours[..., 3] - neighbours[..., 2]) * 0.25
     x = col.to(heatmaps.dtype) + 0.5 + dx
     y = row.to(heatmaps.dtype) + 0.5 + dy
-    return torch.stack([x, y], dim=2), torch.sigmoid(peak), flat_index
+    if score_kind == 'sigmoid':
+        scores = torch.sigmoid(peak)
+    else:
+        probabilities = torch.softmax(flat, dim=2).reshape(n * j, 1, h, w)
+        # 3 x 3 window sums (zero padding: a border peak only counts the cells that exist)
+        window = F.avg_pool2d(probabilities, 3, stride=1, padding=1, count_include_pad=True) * 9.0
+        scores = window.reshape(n, j, h * w).gather(2, flat_index[..., None])[..., 0].clamp(0.0, 1.0)
+    return torch.stack([x, y], dim=2), scores, flat_index
 
 
 def cells_to_pixels(xy_cells: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -292,6 +324,46 @@ def keypoint_targets(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, 
     targets = gaussian_2d((col + 0.5).reshape(-1), (row + 0.5).reshape(-1), sigmas, sigmas, height, width)
     targets = targets.reshape(n, j, height, width) * valid[..., None, None].to(keypoints.dtype)
     flat_index = (row * width + col).long()
+    return targets, valid, flat_index
+
+
+def keypoint_distribution_targets(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
+                                  sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-joint target distributions over an H x W map spanning each box (for the spatial softmax loss).
+
+    Each labelled joint's target is a Gaussian of `sigma` cells centred on the joint's exact (sub-cell)
+    position, normalised to sum to 1 over the map: the soft form of Mask R-CNN's one-hot keypoint
+    target, which keeps sub-cell information and tolerates label noise of a cell or two.
+
+    Args:
+        keypoints: float [N, J, 3] x, y (pixels), v (COCO: 0 unlabelled, 1 occluded, 2 visible).
+        boxes: float [N, 4] the RoI boxes, pixels.
+        height: heatmap height.
+        width: heatmap width.
+        sigma: Gaussian sigma in cells (> 0).
+
+    Returns:
+        targets: float [N, J, H, W], each valid joint's map sums to 1, invalid joints' maps are 0.
+        valid: bool [N, J]: labelled (v > 0) and inside the box.
+        flat_index: int64 [N, J], row * W + col of the cell containing the joint (0 where not valid).
+    """
+    n, j, _ = keypoints.shape
+    box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
+    box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
+    cx = (keypoints[..., 0] - boxes[:, None, 0]) / box_w[:, None] * width
+    cy = (keypoints[..., 1] - boxes[:, None, 1]) / box_h[:, None] * height
+    col = torch.floor(cx)
+    row = torch.floor(cy)
+    valid = (keypoints[..., 2] > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    cx = torch.where(valid, cx, torch.zeros_like(cx))
+    cy = torch.where(valid, cy, torch.zeros_like(cy))
+    sigmas = torch.full((n * j,), float(sigma), dtype=keypoints.dtype, device=keypoints.device)
+    targets = gaussian_2d(cx.reshape(-1), cy.reshape(-1), sigmas, sigmas, height, width)
+    targets = targets.reshape(n, j, height, width)
+    targets = targets / targets.sum(dim=(2, 3), keepdim=True).clamp(min=1e-12)
+    targets = targets * valid[..., None, None].to(keypoints.dtype)
+    flat_index = (torch.where(valid, row, torch.zeros_like(row)) * width
+                  + torch.where(valid, col, torch.zeros_like(col))).long()
     return targets, valid, flat_index
 
 

@@ -20,7 +20,9 @@ Pipeline per instance (shared by both branches, which is what makes it distribut
    never update it (the paper's rule).
 
 Keypoint outputs: location = heatmap argmax refined a quarter cell toward the higher neighbour
-(`ops.decode_heatmaps`), score = sigmoid of the peak logit, occlusion = sigmoid of the occlusion map at
+(`ops.decode_heatmaps`); score = the softmax probability mass of the 3 x 3 cells around the peak for the
+default spatial-softmax loss (`heatmap_loss: softmax`), sigmoid of the peak logit for the focal form;
+occlusion = sigmoid of the occlusion map at
 the peak cell. The occlusion estimate is *learned*: COCO labels v = 1 (labelled but hidden), and joints
 under the random mask-and-predict rectangle are hidden by construction; both are positives. A learned
 head was preferred over "outside the predicted visible mask" because the mask cannot tell a joint hidden
@@ -62,7 +64,9 @@ class PoseStage(nn.Module):
             channels = cfg.decoder_channels
         decoder.append(nn.Conv2d(channels, 2 * NUM_KEYPOINTS, 1))
         self.decoder = nn.Sequential(*decoder)         # D_Pose
-        nn.init.constant_(self.decoder[-1].bias[:NUM_KEYPOINTS], inverse_sigmoid(0.1))
+        # focal form: every cell starts at a 0.1 prior (CenterNet); a softmax is shift-invariant, 0 is as good
+        heatmap_prior = inverse_sigmoid(0.1) if cfg.heatmap_loss == 'focal' else 0.0
+        nn.init.constant_(self.decoder[-1].bias[:NUM_KEYPOINTS], heatmap_prior)
         nn.init.constant_(self.decoder[-1].bias[NUM_KEYPOINTS:], 0.0)
         self.gradient_reversal = GradientReversal(cfg.grl_lambda)
         self.domain_classifier = nn.Sequential(        # D_C
@@ -109,7 +113,8 @@ class PoseStage(nn.Module):
             keypoints float [R, 13, 3] (x, y pixels, score in [0, 1]); occluded float [R, 13] probability.
         """
         heatmap_logits, occlusion_logits = self.decode(encoded)
-        xy, scores, flat_index = decode_heatmaps(heatmap_logits)
+        score_kind = 'softmax' if self.cfg.heatmap_loss == 'softmax' else 'sigmoid'
+        xy, scores, flat_index = decode_heatmaps(heatmap_logits, score_kind)
         occlusion = torch.sigmoid(occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0])
         pixels = cells_to_pixels(xy, boxes, self.heatmap_height, self.heatmap_width)
         return torch.cat([pixels, scores[..., None]], dim=2), occlusion
