@@ -1,4 +1,4 @@
-"""Pick a detection score threshold: precision, recall and F1 of person boxes per threshold on a split.
+"""Pick the node's thresholds: precision, recall and F1 of person boxes and of joints on a split.
 
 Reads the COCO ground truth and a COCO results JSON (as `ppe eval model` writes: results_torch.json, or
 `ppe infer --coco-gt`), matches detections to non-crowd persons greedily by score at box IoU >= 0.5 (the
@@ -6,9 +6,15 @@ COCO rule; detections matching a crowd region are neither true nor false positiv
 table per threshold plus the F1-best one. Used to set the node's default `score_threshold` for the
 shipped default model on the held-out real photos (models/README.md).
 
+Joints (`keypoint_threshold`): over the detections matched to a person at the F1-best score threshold,
+a labelled joint (v > 0, the 13 of the skeleton) counts as correct when the predicted one lies within
+0.1 x the larger side of the person's box (PCK@0.1); a joint is reported when its score reaches the
+threshold. Precision = correct reported / reported, recall = correct reported / labelled.
+
 Usage:
     .venv/bin/python benchmarks/operating_point.py --gt runs/default/heldout_real.json \
         --results outputs/eval/default_real/results_torch.json [--thresholds 0.05 0.1 ...]
+        [--keypoint-thresholds 0.1 0.2 ...]
 """
 from __future__ import annotations
 
@@ -34,14 +40,27 @@ def box_iou_xywh(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return inter / np.maximum(union, 1e-9)
 
 
-def counts_at(gt: dict, results: list[dict], threshold: float, iou: float = 0.5) -> tuple[int, int, int]:
-    """(true positives, false positives, persons) of detections scoring >= threshold."""
+def counts_at(gt: dict, results: list[dict], threshold: float, iou: float = 0.5,
+              pairs: list[tuple[dict, dict]] | None = None) -> tuple[int, int, int]:
+    """(true positives, false positives, persons) of detections scoring >= threshold.
+
+    Args:
+        gt: COCO ground truth.
+        results: COCO results.
+        threshold: minimum detection score.
+        iou: box IoU of a match.
+        pairs: if given, each (result, person annotation) match is appended to it.
+    """
     persons, crowds, detections = defaultdict(list), defaultdict(list), defaultdict(list)
     for a in gt['annotations']:
         (crowds if a.get('iscrowd') else persons)[a['image_id']].append(a['bbox'])
     for r in results:
         if r['score'] >= threshold:
             detections[r['image_id']].append(r)
+    annotations = defaultdict(list)
+    for a in gt['annotations']:
+        if not a.get('iscrowd'):
+            annotations[a['image_id']].append(a)
     true_positives = false_positives = 0
     for image in gt['images']:
         found = sorted(detections.get(image['id'], []), key=lambda r: -r['score'])
@@ -53,13 +72,42 @@ def counts_at(gt: dict, results: list[dict], threshold: float, iou: float = 0.5)
         for index in range(len(boxes)):
             candidates = np.where(~taken & (overlaps[index] >= iou))[0] if len(targets) else []
             if len(candidates):
-                taken[candidates[np.argmax(overlaps[index, candidates])]] = True
+                match = candidates[np.argmax(overlaps[index, candidates])]
+                taken[match] = True
                 true_positives += 1
+                if pairs is not None:
+                    pairs.append((found[index], annotations[image['id']][match]))
             elif len(crowd) and box_iou_xywh(boxes[index:index + 1], crowd).max() >= iou:
                 continue
             else:
                 false_positives += 1
     return true_positives, false_positives, sum(len(v) for v in persons.values())
+
+
+def joint_counts(pairs: list[tuple[dict, dict]], threshold: float, alpha: float = 0.1
+                 ) -> tuple[int, int, int]:
+    """(correct reported, reported, labelled) joints of matched detections at a keypoint threshold.
+
+    Args:
+        pairs: (COCO result with 17-slot keypoints x, y, score; person annotation) matches.
+        threshold: minimum joint score to report the joint.
+        alpha: PCK tolerance as a fraction of the larger side of the person's box.
+    """
+    from occluded_ppe_ros.skeleton import COCO17_INDEX
+
+    slots = np.asarray(COCO17_INDEX)
+    correct_reported = reported = labelled = 0
+    for result, person in pairs:
+        predicted = np.asarray(result['keypoints'], float).reshape(17, 3)[slots]
+        truth = np.asarray(person['keypoints'], float).reshape(17, 3)[slots]
+        has_label = truth[:, 2] > 0
+        tolerance = alpha * max(person['bbox'][2], person['bbox'][3])
+        correct = np.hypot(*(predicted[:, :2] - truth[:, :2]).T) <= tolerance
+        shown = predicted[:, 2] >= threshold
+        correct_reported += int((correct & shown & has_label).sum())
+        reported += int((shown & has_label).sum())
+        labelled += int(has_label.sum())
+    return correct_reported, reported, labelled
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--results', type=Path, required=True, help='COCO results JSON')
     parser.add_argument('--thresholds', type=float, nargs='+',
                         default=[0.05, 0.08, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5])
+    parser.add_argument('--keypoint-thresholds', type=float, nargs='+',
+                        default=[0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5])
     args = parser.parse_args(argv)
     gt = json.loads(args.gt.read_text())
     results = json.loads(args.results.read_text())
@@ -84,6 +134,22 @@ def main(argv: list[str] | None = None) -> int:
         print(f'| {threshold:.2f} | {tp + fp} | {tp} | {fp} | {precision:.3f} | {recall:.3f} | {f1:.3f} |')
         best = max(best, (f1, threshold))
     print(f'F1-best threshold: {best[1]} (F1 {best[0]:.3f})')
+
+    pairs: list[tuple[dict, dict]] = []
+    counts_at(gt, results, best[1], pairs=pairs)
+    print(f'\njoints of the {len(pairs)} detections matched at score threshold {best[1]}; correct = PCK@0.1')
+    print('| keypoint threshold | reported | correct reported | labelled | precision | recall | F1 |')
+    print('|---:|---:|---:|---:|---:|---:|---:|')
+    best_joints = (-1.0, None)
+    for threshold in args.keypoint_thresholds:
+        correct, reported, labelled = joint_counts(pairs, threshold)
+        precision = correct / max(reported, 1)
+        recall = correct / max(labelled, 1)
+        f1 = 2 * precision * recall / max(precision + recall, 1e-9)
+        print(f'| {threshold:.2f} | {reported} | {correct} | {labelled} | {precision:.3f} | {recall:.3f} | '
+              f'{f1:.3f} |')
+        best_joints = max(best_joints, (f1, threshold))
+    print(f'F1-best keypoint threshold: {best_joints[1]} (F1 {best_joints[0]:.3f})')
     return 0
 
 

@@ -12,8 +12,9 @@ from occluded_ppe_ros.model.detection import decode_detections, detection_target
 from occluded_ppe_ros.model.losses import (gaussian_focal_loss, giou_loss, keypoint_heatmap_loss,
                                            keypoint_softmax_loss)
 from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, dilate_gate,
-                                        grad_reverse, jitter_boxes, keypoint_distribution_targets,
-                                        keypoint_targets, mask_gate, random_occlusion_gate, visible_box_gate)
+                                        gaussian_2d, grad_reverse, jitter_boxes,
+                                        keypoint_distribution_targets, keypoint_targets, mask_gate,
+                                        random_occlusion_gate, target_window_mass, visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides
 
 torch.set_num_threads(2)
@@ -122,21 +123,28 @@ def test_decode_heatmaps_matches_slow_reference_on_hand_made_maps():
     assert xy[0, 1].tolist() == pytest.approx([0.25, 0.25])
 
 
-def test_decode_heatmaps_softmax_score_is_the_probability_mass_around_the_peak():
+def test_decode_heatmaps_softmax_score_is_the_mass_around_the_peak_relative_to_the_target():
     generator = torch.Generator().manual_seed(2)
-    maps = torch.randn(2, 4, 7, 5, generator=generator)
-    maps[0, 0, 3, 2] = 12.0                      # one sharp interior peak: nearly all mass in its window
-    maps[0, 1, 0, 4] = 6.0                       # corner peak: its window has only 4 cells on the map
-    xy_soft, scores, flat_index = decode_heatmaps(maps, score_kind='softmax')
+    maps = torch.randn(2, 4, 12, 10, generator=generator)
+    maps[0, 0, 6, 4] = 14.0                      # one sharp interior peak: nearly all mass in its window
+    maps[0, 1, 0, 9] = 6.0                       # corner peak: its window is cut by the map border
+    xy_soft, scores, flat_index = decode_heatmaps(maps, score_kind='softmax', sigma=1.5)
     xy_sigmoid, _, flat_sigmoid = decode_heatmaps(maps, score_kind='sigmoid')
     assert torch.equal(xy_soft, xy_sigmoid) and torch.equal(flat_index, flat_sigmoid)
     probabilities = torch.softmax(maps.flatten(2), dim=2).reshape(maps.shape)
+    ideal = target_window_mass(1.5, 2)             # sigma 1.5 -> a 5 x 5 window
     for n in range(2):
         for j in range(4):
-            row, col = divmod(int(flat_index[n, j]), 5)
-            expected = probabilities[n, j, max(row - 1, 0):row + 2, max(col - 1, 0):col + 2].sum()
-            assert float(scores[n, j]) == pytest.approx(float(expected), abs=1e-6)
-    assert float(scores[0, 0]) > 0.99
+            row, col = divmod(int(flat_index[n, j]), 10)
+            mass = probabilities[n, j, max(row - 2, 0):row + 3, max(col - 2, 0):col + 3].sum()
+            assert float(scores[n, j]) == pytest.approx(min(float(mass) / ideal, 1.0), abs=1e-5)
+    assert float(scores[0, 0]) == 1.0              # sharper than the target: clamped
+    # the trained target itself (log of a cell-centred Gaussian) scores 1
+    sigma = torch.tensor([1.5])
+    target = gaussian_2d(torch.tensor([4.5]), torch.tensor([6.5]), sigma, sigma, 12, 10)
+    _, target_score, _ = decode_heatmaps(torch.log(target)[None], score_kind='softmax', sigma=1.5)
+    assert float(target_score[0, 0]) == pytest.approx(1.0, abs=1e-3)
+    assert 0.8 < ideal < 0.85
     with pytest.raises(ValueError, match='score_kind'):
         decode_heatmaps(maps, score_kind='softmax2')
 

@@ -203,7 +203,19 @@ def random_occlusion_gate(count: int, height: int, width: int, ratio: float,
     return gate.to(device)
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax'
+def target_window_mass(sigma: float, radius: int) -> float:
+    """Share of a cell-centred Gaussian target's mass within the (2 radius + 1)^2 cells around its centre.
+
+    The Gaussian (`sigma` cells) is sampled at cell centres as `gaussian_2d` builds the training targets,
+    on a map large enough for no border to cut it.
+    """
+    offsets = torch.arange(-4 * radius - 8, 4 * radius + 9, dtype=torch.float64)
+    weights = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    inside = weights[offsets.abs() <= radius].sum() / weights.sum()
+    return float(inside ** 2)
+
+
+def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax', sigma: float = 2.0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keypoint locations from heatmap logits: argmax, then a quarter-cell step toward the higher neighbour.
 
@@ -215,9 +227,12 @@ def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax'
     Args:
         heatmaps: float [N, J, H, W] logits (a larger logit = more likely).
         score_kind: how the joint's confidence is read, matching the loss the maps were trained with:
-            'softmax' (spatial softmax cross-entropy): the probability mass of the 3 x 3 cells around the
-            peak, so a sharp, single peak scores near 1 and a spread-out or multi-modal map low;
+            'softmax' (spatial softmax cross-entropy): the probability mass of the (2r + 1)^2 cells around
+            the peak, r = max(1, round(1.5 sigma)), divided by the mass a perfectly learned target (a
+            Gaussian of `sigma` cells on a cell centre) has there, clamped to [0, 1]: a map as sharp as
+            the training target scores 1, a spread-out or multi-modal map low;
             'sigmoid' (per-cell focal loss): sigmoid of the peak logit.
+        sigma: the training target's Gaussian sigma in cells ('softmax' only).
 
     Returns:
         xy: float [N, J, 2] in cell coordinates (cell (r, c) centre = (c + 0.5, r + 0.5)).
@@ -243,10 +258,14 @@ def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax'
     if score_kind == 'sigmoid':
         scores = torch.sigmoid(peak)
     else:
+        radius = max(1, round(1.5 * sigma))
+        size = 2 * radius + 1
         probabilities = torch.softmax(flat, dim=2).reshape(n * j, 1, h, w)
-        # 3 x 3 window sums (zero padding: a border peak only counts the cells that exist)
-        window = F.avg_pool2d(probabilities, 3, stride=1, padding=1, count_include_pad=True) * 9.0
-        scores = window.reshape(n, j, h * w).gather(2, flat_index[..., None])[..., 0].clamp(0.0, 1.0)
+        # window sums (zero padding: a border peak only counts the cells that exist)
+        window = F.avg_pool2d(probabilities, size, stride=1, padding=radius, count_include_pad=True)
+        window = window * size ** 2
+        mass = window.reshape(n, j, h * w).gather(2, flat_index[..., None])[..., 0]
+        scores = (mass / target_window_mass(sigma, radius)).clamp(0.0, 1.0)
     return torch.stack([x, y], dim=2), scores, flat_index
 
 

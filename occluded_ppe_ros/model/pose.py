@@ -20,8 +20,9 @@ Pipeline per instance (shared by both branches, which is what makes it distribut
    never update it (the paper's rule).
 
 Keypoint outputs: location = heatmap argmax refined a quarter cell toward the higher neighbour
-(`ops.decode_heatmaps`); score = the softmax probability mass of the 3 x 3 cells around the peak for the
-default spatial-softmax loss (`heatmap_loss: softmax`), sigmoid of the peak logit for the focal form;
+(`ops.decode_heatmaps`); score = for the default spatial-softmax loss (`heatmap_loss: softmax`) the
+softmax probability mass around the peak relative to that of the training target (1 = as sharp as the
+target), for the focal form sigmoid of the peak logit;
 occlusion = sigmoid of the occlusion map at
 the peak cell. The occlusion estimate is *learned*: COCO labels v = 1 (labelled but hidden), and joints
 under the random mask-and-predict rectangle are hidden by construction; both are positives. A learned
@@ -114,7 +115,7 @@ class PoseStage(nn.Module):
         """
         heatmap_logits, occlusion_logits = self.decode(encoded)
         score_kind = 'softmax' if self.cfg.heatmap_loss == 'softmax' else 'sigmoid'
-        xy, scores, flat_index = decode_heatmaps(heatmap_logits, score_kind)
+        xy, scores, flat_index = decode_heatmaps(heatmap_logits, score_kind, self.cfg.heatmap_sigma)
         occlusion = torch.sigmoid(occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0])
         pixels = cells_to_pixels(xy, boxes, self.heatmap_height, self.heatmap_width)
         return torch.cat([pixels, scores[..., None]], dim=2), occlusion

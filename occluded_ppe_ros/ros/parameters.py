@@ -58,13 +58,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   minimum=0, maximum=4096, multiple_of=32),
     ParameterSpec('input_width', 0, "network input width, pixels, multiple of 32; 0 = the model's",
                   minimum=0, maximum=4096, multiple_of=32),
-    # 0.08: the shipped default model's operating point on the held-out real photos (models/README.md).
-    ParameterSpec('score_threshold', 0.08, 'minimum detection score in [0, 1]', runtime=True,
+    # 0.25 / 0.1: the shipped default model's F1-best operating points on the held-out real photos
+    # (benchmarks/operating_point.py, models/README.md).
+    ParameterSpec('score_threshold', 0.25, 'minimum detection score in [0, 1]', runtime=True,
                   minimum=0.0, maximum=1.0),
     ParameterSpec('nms_threshold', 1.0, "extra class-wise NMS after the model's own: IoU above which the "
                   "lower-scoring of two boxes is suppressed, (0, 1]; 1.0 = the model's NMS only",
                   runtime=True, minimum=1e-6, maximum=1.0),
-    ParameterSpec('keypoint_threshold', 0.3, 'joints scoring below it are NOT_PRESENT, [0, 1]', runtime=True,
+    ParameterSpec('keypoint_threshold', 0.1, 'joints scoring below it are NOT_PRESENT, [0, 1]', runtime=True,
                   minimum=0.0, maximum=1.0),
     ParameterSpec('occlusion_threshold', 0.5, 'a joint whose occlusion probability exceeds it is OCCLUDED, '
                   '[0, 1]', runtime=True, minimum=0.0, maximum=1.0),
