@@ -136,10 +136,13 @@ class BenchContext:
             from occluded_ppe_ros.model.deploy import DeployModel
 
             s = self.settings
-            shipped = REPO_ROOT / 'config' / f'model_{s.backbone}.yaml'
-            if shipped.is_file():
+            from occluded_ppe_ros.offline.default_model import find_shipped_file
+
+            relative = Path('config') / f'model_{s.backbone}.yaml'
+            shipped = find_shipped_file(relative)
+            if shipped is not None:
                 data = ModelConfig.from_yaml(shipped).to_dict()
-                self.config_source = str(shipped.relative_to(REPO_ROOT))
+                self.config_source = str(relative)
             else:
                 data = ModelConfig.from_dict({'backbone': {'name': s.backbone}}).to_dict()
                 self.config_source = f'ModelConfig defaults with backbone {s.backbone}'
@@ -350,9 +353,10 @@ def profile_ours(ctx: BenchContext, runs: int) -> list[dict]:
 # skipped with its message (e.g. a backend missing on this machine).
 # ---------------------------------------------------------------- the shipped default model
 
-DEFAULT_MODEL = REPO_ROOT / 'models' / 'ppe_default.pt'
-DEFAULT_MODEL_ONNX = REPO_ROOT / 'models' / 'ppe_default.onnx'
-DEFAULT_MODEL_PHOTO = REPO_ROOT / 'samples' / '000000000790.jpg'   # a held-out real photo with people
+# Relative to the checkout, or to share/occluded_ppe_ros/ where the package is installed (`ppe` of a venv).
+DEFAULT_MODEL = Path('models') / 'ppe_default.pt'
+DEFAULT_MODEL_ONNX = Path('models') / 'ppe_default.onnx'
+DEFAULT_MODEL_PHOTO = Path('samples') / '000000000790.jpg'   # a held-out real photo with people
 
 
 def _default_model_row(ctx: BenchContext, backend_name: str) -> RowSpec:
@@ -365,13 +369,16 @@ def _default_model_row(ctx: BenchContext, backend_name: str) -> RowSpec:
 
     from occluded_ppe_ros.inference.predictor import Predictor
 
-    model_file = DEFAULT_MODEL if backend_name == 'torch' else DEFAULT_MODEL_ONNX
-    if not model_file.is_file():
-        raise RuntimeError(f'{model_file.relative_to(REPO_ROOT)} is absent '
-                           '(scripts/train_default.sh makes it)')
-    bgr = cv2.imread(str(DEFAULT_MODEL_PHOTO))
+    from occluded_ppe_ros.offline.default_model import find_shipped_file
+
+    relative = DEFAULT_MODEL if backend_name == 'torch' else DEFAULT_MODEL_ONNX
+    model_file = find_shipped_file(relative)
+    if model_file is None:
+        raise RuntimeError(f'{relative} is absent (scripts/train_default.sh makes it)')
+    photo = find_shipped_file(DEFAULT_MODEL_PHOTO)
+    bgr = cv2.imread(str(photo)) if photo is not None else None
     if bgr is None:
-        raise RuntimeError(f'cannot read {DEFAULT_MODEL_PHOTO}')
+        raise RuntimeError(f'cannot read {DEFAULT_MODEL_PHOTO} (shipped sample photo)')
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
     s = ctx.settings
     if backend_name == 'torch':
@@ -666,7 +673,9 @@ def run(args: argparse.Namespace) -> int:
         report['command'] = command
     markdown = to_markdown(report)
     print(markdown)
-    out_dir = Path(tempfile.gettempdir()) / 'ppe_bench_quick' if args.quick else REPO_ROOT / 'docs'
+    # the checkout's docs/ (the committed report); an installed package writes under the working directory
+    docs = REPO_ROOT / 'docs' if (REPO_ROOT / 'package.xml').is_file() else Path.cwd() / 'outputs' / 'bench'
+    out_dir = Path(tempfile.gettempdir()) / 'ppe_bench_quick' if args.quick else docs
     json_path = Path(args.json) if args.json else out_dir / 'benchmarks.json'
     markdown_path = Path(args.markdown) if args.markdown else out_dir / 'benchmarks.md'
     json_path.parent.mkdir(parents=True, exist_ok=True)

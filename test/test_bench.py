@@ -77,3 +77,20 @@ def test_settings_defaults_quick_and_bad_values():
         bench.settings_from_args(_args(height=100))
     with pytest.raises(ValueError, match='--runs'):
         bench.settings_from_args(_args(runs=0))
+
+
+def test_shipped_files_resolve_in_the_checkout_then_the_install_prefix(tmp_path, monkeypatch):
+    import sys
+    from pathlib import Path
+
+    from occluded_ppe_ros.offline import default_model
+
+    checkout = Path(bench.__file__).resolve().parents[1]
+    assert default_model.find_shipped_file(bench.DEFAULT_MODEL_PHOTO) == checkout / bench.DEFAULT_MODEL_PHOTO
+    assert default_model.find_shipped_file('samples/no_such_photo.jpg') is None
+    # an installed package (no checkout around it) finds the copy setup.py put under share/
+    installed = tmp_path / 'share' / default_model.PACKAGE_NAME / 'samples'
+    installed.mkdir(parents=True)
+    (installed / 'only_installed.jpg').write_bytes(b'jpeg')
+    monkeypatch.setattr(sys, 'prefix', str(tmp_path))
+    assert default_model.find_shipped_file('samples/only_installed.jpg') == installed / 'only_installed.jpg'

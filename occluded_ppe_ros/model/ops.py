@@ -310,6 +310,33 @@ def gaussian_2d(center_x: torch.Tensor, center_y: torch.Tensor, sigma_x: torch.T
     return gy[:, :, None] * gx[:, None, :]
 
 
+def _joint_cells(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, width: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Where each joint falls on an H x W map spanning its box.
+
+    Args:
+        keypoints: float [N, J, 3] x, y (pixels), v (COCO: 0 unlabelled, 1 occluded, 2 visible).
+        boxes: float [N, 4] the RoI boxes, pixels.
+        height: map height.
+        width: map width.
+
+    Returns:
+        cx, cy: float [N, J] exact cell coordinates; col, row: float [N, J] the containing cell;
+        valid: bool [N, J], labelled (v > 0) and inside the box. All four coordinates are 0 where
+        not valid.
+    """
+    box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
+    box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
+    cx = (keypoints[..., 0] - boxes[:, None, 0]) / box_w[:, None] * width
+    cy = (keypoints[..., 1] - boxes[:, None, 1]) / box_h[:, None] * height
+    col = torch.floor(cx)
+    row = torch.floor(cy)
+    valid = (keypoints[..., 2] > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    zero = torch.zeros_like(cx)
+    return (torch.where(valid, cx, zero), torch.where(valid, cy, zero), torch.where(valid, col, zero),
+            torch.where(valid, row, zero), valid)
+
+
 def keypoint_targets(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, width: int,
                      sigma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gaussian heatmap targets of keypoints on an H x W map spanning each box.
@@ -330,15 +357,7 @@ def keypoint_targets(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, 
         flat_index: int64 [N, J], row * W + col of the joint's cell (0 where not valid).
     """
     n, j, _ = keypoints.shape
-    box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
-    box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
-    cx = (keypoints[..., 0] - boxes[:, None, 0]) / box_w[:, None] * width
-    cy = (keypoints[..., 1] - boxes[:, None, 1]) / box_h[:, None] * height
-    col = torch.floor(cx)
-    row = torch.floor(cy)
-    valid = (keypoints[..., 2] > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    col = torch.where(valid, col, torch.zeros_like(col))
-    row = torch.where(valid, row, torch.zeros_like(row))
+    _, _, col, row, valid = _joint_cells(keypoints, boxes, height, width)
     sigmas = torch.full((n * j,), float(sigma), dtype=keypoints.dtype, device=keypoints.device)
     targets = gaussian_2d((col + 0.5).reshape(-1), (row + 0.5).reshape(-1), sigmas, sigmas, height, width)
     targets = targets.reshape(n, j, height, width) * valid[..., None, None].to(keypoints.dtype)
@@ -367,22 +386,13 @@ def keypoint_distribution_targets(keypoints: torch.Tensor, boxes: torch.Tensor, 
         flat_index: int64 [N, J], row * W + col of the cell containing the joint (0 where not valid).
     """
     n, j, _ = keypoints.shape
-    box_w = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
-    box_h = (boxes[:, 3] - boxes[:, 1]).clamp(min=1e-3)
-    cx = (keypoints[..., 0] - boxes[:, None, 0]) / box_w[:, None] * width
-    cy = (keypoints[..., 1] - boxes[:, None, 1]) / box_h[:, None] * height
-    col = torch.floor(cx)
-    row = torch.floor(cy)
-    valid = (keypoints[..., 2] > 0) & (col >= 0) & (col < width) & (row >= 0) & (row < height)
-    cx = torch.where(valid, cx, torch.zeros_like(cx))
-    cy = torch.where(valid, cy, torch.zeros_like(cy))
+    cx, cy, col, row, valid = _joint_cells(keypoints, boxes, height, width)
     sigmas = torch.full((n * j,), float(sigma), dtype=keypoints.dtype, device=keypoints.device)
     targets = gaussian_2d(cx.reshape(-1), cy.reshape(-1), sigmas, sigmas, height, width)
     targets = targets.reshape(n, j, height, width)
     targets = targets / targets.sum(dim=(2, 3), keepdim=True).clamp(min=1e-12)
     targets = targets * valid[..., None, None].to(keypoints.dtype)
-    flat_index = (torch.where(valid, row, torch.zeros_like(row)) * width
-                  + torch.where(valid, col, torch.zeros_like(col))).long()
+    flat_index = (row * width + col).long()
     return targets, valid, flat_index
 
 

@@ -28,6 +28,11 @@ def _candidates(relative: Path) -> list[Path]:
     return [REPO_ROOT / relative, Path(sys.prefix) / 'share' / PACKAGE_NAME / relative]
 
 
+def find_shipped_file(relative: str | Path) -> Path | None:
+    """A file the package ships (models/, samples/, config/): the checkout's copy, else the installed one."""
+    return next((path for path in _candidates(Path(relative)) if path.is_file()), None)
+
+
 def default_checkpoint_path() -> Path | None:
     """The shipped default checkpoint, or None when no default model has been shipped yet."""
     return next((path for path in _candidates(DEFAULT_CHECKPOINT) if path.is_file()), None)
