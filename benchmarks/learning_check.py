@@ -12,6 +12,7 @@ visible joints. Target: keypoint AP >= 0.5.
 
 Usage (from the repository root; the synthetic sets are generated on first use into runs/synthetic/):
     .venv/bin/python benchmarks/learning_check.py [--budget-s 600] [--stage1-share 0.2] [--threads 1]
+        [--lr-step-fraction 0.8]
         [--probe-iters 10] [--out runs/learning_check] [--set KEY=VALUE ...]
 The same numbers by hand after the run:
     ppe eval synthetic --gt runs/synthetic/heldout/annotations.json --images runs/synthetic/heldout/images \\
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--probe-iters', type=int, default=10,
                         help='stage-1 iterations timed first to fit the iteration counts to the budget')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
+    parser.add_argument('--lr-step-fraction', type=float, default=0.8,
+                        help='stage 2 divides the learning rate by 10 after this share of its iterations')
     parser.add_argument('--out', default='runs/learning_check', help='output folder')
     parser.add_argument('--stage1-config', default=str(REPO_ROOT / 'config' / 'train_tiny_stage1.yaml'))
     parser.add_argument('--stage2-config', default=str(REPO_ROOT / 'config' / 'train_tiny_stage2.yaml'))
@@ -114,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     stage2_iters = max(int((args.budget_s - stage1_seconds) / (1.4 * seconds_per_iteration)), 10)
     stage2 = load_config(args.stage2_config, [
         *common, f'output_dir={out / "stage2"}', f'init_checkpoint={first.checkpoint}',
-        f'max_iters={stage2_iters}', f'lr_schedule.step_size={4 * stage2_iters // 5}',
+        f'max_iters={stage2_iters}',
+        f'lr_schedule.step_size={max(int(args.lr_step_fraction * stage2_iters), 1)}',
         f'mask_schedule.start_iter={stage2_iters // 10}', f'mask_schedule.end_iter={7 * stage2_iters // 10}',
         f'loss.grl_ramp_iters={stage2_iters // 4}',
         f'time_limit_s={max(args.budget_s - stage1_seconds, 1.0)}', 'eval.every=0', *args.overrides])
