@@ -43,18 +43,12 @@ def pose_on_boxes(model, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, domain: 
     """
     import torch
 
-    from occluded_ppe_ros.model.ops import dilate_gate, mask_gate
-
     images = torch.from_numpy(image_rgb).permute(2, 0, 1)[None].float() / 255.0
     boxes = torch.as_tensor(boxes_xyxy, dtype=torch.float32)
     rois = torch.cat([torch.zeros(len(boxes), 1), boxes], dim=1)
-    pose = model.cfg.pose
     with torch.no_grad():
         branch = model.branches[domain]
-        features = branch.encoder(images)
-        masks = torch.sigmoid(branch.mask(features, rois))
-        gate = dilate_gate(mask_gate(masks, pose.roi_height, pose.roi_width), pose.gate_dilation)
-        keypoints, _ = model.pose.keypoints(model.pose.encode(model.pose.pool(features, rois), gate), boxes)
+        _, keypoints, _ = model.instance_outputs(branch, branch.encoder(images), rois)
     return keypoints.numpy()
 
 

@@ -109,7 +109,7 @@ def test_decode_heatmaps_matches_slow_reference_on_hand_made_maps():
     maps[0, 1, 0, 1] = 1.0
     maps[0, 2, 5, 4] = 1.5                       # opposite corner, equal neighbours
     maps[1] = torch.randn(3, 6, 5, generator=torch.Generator().manual_seed(1))
-    xy, scores, flat_index = decode_heatmaps(maps, score_kind='sigmoid')
+    xy, scores, flat_index = decode_heatmaps(maps, heatmap_loss='focal')
     for n in range(2):
         for j in range(3):
             ref_x, ref_y, ref_score = decode_reference(maps[n, j].tolist())
@@ -128,8 +128,8 @@ def test_decode_heatmaps_softmax_score_is_the_mass_around_the_peak_relative_to_t
     maps = torch.randn(2, 4, 12, 10, generator=generator)
     maps[0, 0, 6, 4] = 14.0                      # one sharp interior peak: nearly all mass in its window
     maps[0, 1, 0, 9] = 6.0                       # corner peak: its window is cut by the map border
-    xy_soft, scores, flat_index = decode_heatmaps(maps, score_kind='softmax', sigma=1.5)
-    xy_sigmoid, _, flat_sigmoid = decode_heatmaps(maps, score_kind='sigmoid')
+    xy_soft, scores, flat_index = decode_heatmaps(maps, heatmap_loss='softmax', sigma=1.5)
+    xy_sigmoid, _, flat_sigmoid = decode_heatmaps(maps, heatmap_loss='focal')
     assert torch.equal(xy_soft, xy_sigmoid) and torch.equal(flat_index, flat_sigmoid)
     probabilities = torch.softmax(maps.flatten(2), dim=2).reshape(maps.shape)
     ideal = target_window_mass(1.5, 2)             # sigma 1.5 -> a 5 x 5 window
@@ -142,11 +142,11 @@ def test_decode_heatmaps_softmax_score_is_the_mass_around_the_peak_relative_to_t
     # the trained target itself (log of a cell-centred Gaussian) scores 1
     sigma = torch.tensor([1.5])
     target = gaussian_2d(torch.tensor([4.5]), torch.tensor([6.5]), sigma, sigma, 12, 10)
-    _, target_score, _ = decode_heatmaps(torch.log(target)[None], score_kind='softmax', sigma=1.5)
+    _, target_score, _ = decode_heatmaps(torch.log(target)[None], heatmap_loss='softmax', sigma=1.5)
     assert float(target_score[0, 0]) == pytest.approx(1.0, abs=1e-3)
     assert 0.8 < ideal < 0.85
-    with pytest.raises(ValueError, match='score_kind'):
-        decode_heatmaps(maps, score_kind='softmax2')
+    with pytest.raises(ValueError, match='heatmap_loss'):
+        decode_heatmaps(maps, heatmap_loss='softmax2')
 
 
 def test_keypoint_distribution_targets_are_normalised_gaussians_at_the_exact_joint():

@@ -18,7 +18,9 @@ from typing import Any
 
 import torch
 
-CHECKPOINT_FORMAT = 'occluded_ppe/1'
+from occluded_ppe_ros.model.checkpoint import CHECKPOINT_FORMAT
+from occluded_ppe_training.trainer import save_checkpoint_atomic
+
 TRAINING_ONLY_KEYS = ('optimizer', 'scheduler', 'rng')
 
 
@@ -84,10 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     shipped = shipped_checkpoint(checkpoint, half=not args.float32, domain=args.domain,
                                  input_size=tuple(args.input_size) if args.input_size else None,
                                  extra_metrics=extra)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = args.output.with_suffix(args.output.suffix + '.tmp')
-    torch.save(shipped, temporary)
-    temporary.replace(args.output)
+    save_checkpoint_atomic(shipped, args.output)
     print(f'{args.output}: stage {shipped["stage"]}, iteration {shipped["iteration"]}, '
           f'{args.output.stat().st_size / 1e6:.1f} MB, '
           f'domain {shipped["model_config"]["inference"]["domain"]}')

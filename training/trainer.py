@@ -41,10 +41,10 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
+from occluded_ppe_ros.model.checkpoint import CHECKPOINT_FORMAT
 from occluded_ppe_training.config import SOURCE_DOMAIN, DatasetConfig, OptimizerConfig, TrainConfig
 from occluded_ppe_training.schedules import grl_factor, lr_factor, mask_ratio
 
-CHECKPOINT_FORMAT = 'occluded_ppe/1'
 LAST_CHECKPOINT = 'last.pt'
 
 

@@ -175,6 +175,26 @@ class PPENet(nn.Module):
         return losses
 
     # ---------------------------------------------------------------- inference
+    def instance_outputs(self, branch: Branch, features: torch.Tensor, rois: torch.Tensor
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mask and pose of given instances at inference: the predicted mask gates the pose stage.
+
+        Args:
+            branch: the branch whose mask decoder runs.
+            features: float [B, C, h, w] that branch's encoder output.
+            rois: float [R, 5] (image index, x1, y1, x2, y2 network-input pixels).
+
+        Returns:
+            mask probabilities [R, M, M] over each box, keypoints [R, 13, 3] (x, y pixels, score),
+            keypoint occlusion probabilities [R, 13].
+        """
+        pose = self.cfg.pose
+        mask_probs = torch.sigmoid(branch.mask(features, rois))
+        gate = dilate_gate(mask_gate(mask_probs, pose.roi_height, pose.roi_width), pose.gate_dilation)
+        encoded = self.pose.encode(self.pose.pool(features, rois), gate)
+        keypoints, occluded = self.pose.keypoints(encoded, rois[:, 1:])
+        return mask_probs, keypoints, occluded
+
     def predict_padded(self, images: torch.Tensor, domain: str,
                        max_detections: int) -> dict[str, torch.Tensor]:
         """Inference with fixed K = max_detections rows per image (the deployed graph, contract 4).
@@ -200,11 +220,7 @@ class PPENet(nn.Module):
         batch_index = torch.arange(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
         batch_index = batch_index.expand(-1, max_detections).reshape(-1, 1)
         rois = torch.cat([batch_index, flat_boxes], dim=1)
-        mask_probs = torch.sigmoid(branch.mask(features, rois))                     # [B*K, M, M]
-        gate = dilate_gate(mask_gate(mask_probs, self.cfg.pose.roi_height, self.cfg.pose.roi_width),
-                           self.cfg.pose.gate_dilation)
-        encoded = self.pose.encode(self.pose.pool(features, rois), gate)
-        keypoints, occluded = self.pose.keypoints(encoded, flat_boxes)
+        mask_probs, keypoints, occluded = self.instance_outputs(branch, features, rois)
         resolution = mask_probs.shape[-1]
         return {
             'boxes': boxes,

@@ -15,14 +15,14 @@ the same continuous convention as image pixels.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# How a keypoint heatmap is trained and therefore how its confidence is read (PoseConfig.heatmap_loss).
-HEATMAP_SCORE_KINDS = ('softmax', 'sigmoid')
+from occluded_ppe_ros.model.config import HEATMAP_LOSSES
 
 
 class ChannelAttention(nn.Module):
@@ -203,6 +203,7 @@ def random_occlusion_gate(count: int, height: int, width: int, ratio: float,
     return gate.to(device)
 
 
+@functools.cache
 def target_window_mass(sigma: float, radius: int) -> float:
     """Share of a cell-centred Gaussian target's mass within the (2 radius + 1)^2 cells around its centre.
 
@@ -215,7 +216,7 @@ def target_window_mass(sigma: float, radius: int) -> float:
     return float(inside ** 2)
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax', sigma: float = 2.0
+def decode_heatmaps(heatmaps: torch.Tensor, heatmap_loss: str = 'softmax', sigma: float = 2.0
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Keypoint locations from heatmap logits: argmax, then a quarter-cell step toward the higher neighbour.
 
@@ -226,12 +227,12 @@ def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax', sigma: 
 
     Args:
         heatmaps: float [N, J, H, W] logits (a larger logit = more likely).
-        score_kind: how the joint's confidence is read, matching the loss the maps were trained with:
-            'softmax' (spatial softmax cross-entropy): the probability mass of the (2r + 1)^2 cells around
-            the peak, r = max(1, round(1.5 sigma)), divided by the mass a perfectly learned target (a
-            Gaussian of `sigma` cells on a cell centre) has there, clamped to [0, 1]: a map as sharp as
-            the training target scores 1, a spread-out or multi-modal map low;
-            'sigmoid' (per-cell focal loss): sigmoid of the peak logit.
+        heatmap_loss: the loss the maps were trained with (PoseConfig.heatmap_loss), which sets how the
+            joint's confidence is read. 'softmax' (spatial softmax cross-entropy): the probability mass
+            of the (2r + 1)^2 cells around the peak, r = max(1, round(1.5 sigma)), divided by the mass a
+            perfectly learned target (a Gaussian of `sigma` cells on a cell centre) has there, clamped
+            to [0, 1]: a map as sharp as the training target scores 1, a spread-out or multi-modal map
+            low. 'focal' (per-cell focal loss): sigmoid of the peak logit.
         sigma: the training target's Gaussian sigma in cells ('softmax' only).
 
     Returns:
@@ -239,8 +240,8 @@ def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax', sigma: 
         scores: float [N, J] in [0, 1].
         flat_index: int64 [N, J], r * W + c of the peak cell.
     """
-    if score_kind not in HEATMAP_SCORE_KINDS:
-        raise ValueError(f'score_kind must be one of {HEATMAP_SCORE_KINDS}, got {score_kind!r}')
+    if heatmap_loss not in HEATMAP_LOSSES:
+        raise ValueError(f'heatmap_loss must be one of {HEATMAP_LOSSES}, got {heatmap_loss!r}')
     n, j, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, j, h * w)
     peak, flat_index = flat.max(dim=2)
@@ -255,14 +256,16 @@ def decode_heatmaps(heatmaps: torch.Tensor, score_kind: str = 'softmax', sigma: 
     dy = torch.sign(neighbours[..., 3] - neighbours[..., 2]) * 0.25
     x = col.to(heatmaps.dtype) + 0.5 + dx
     y = row.to(heatmaps.dtype) + 0.5 + dy
-    if score_kind == 'sigmoid':
+    if heatmap_loss == 'focal':
         scores = torch.sigmoid(peak)
     else:
         radius = max(1, round(1.5 * sigma))
         size = 2 * radius + 1
         probabilities = torch.softmax(flat, dim=2).reshape(n * j, 1, h, w)
-        # window sums (zero padding: a border peak only counts the cells that exist)
-        window = F.avg_pool2d(probabilities, size, stride=1, padding=radius, count_include_pad=True)
+        # window sums, one axis at a time (2 x size adds a cell instead of size^2); zero padding: a
+        # border peak only counts the cells that exist
+        rows = F.avg_pool2d(probabilities, (1, size), stride=1, padding=(0, radius), count_include_pad=True)
+        window = F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=True)
         window = window * size ** 2
         mass = window.reshape(n, j, h * w).gather(2, flat_index[..., None])[..., 0]
         scores = (mass / target_window_mass(sigma, radius)).clamp(0.0, 1.0)

@@ -114,8 +114,8 @@ class PoseStage(nn.Module):
             keypoints float [R, 13, 3] (x, y pixels, score in [0, 1]); occluded float [R, 13] probability.
         """
         heatmap_logits, occlusion_logits = self.decode(encoded)
-        score_kind = 'softmax' if self.cfg.heatmap_loss == 'softmax' else 'sigmoid'
-        xy, scores, flat_index = decode_heatmaps(heatmap_logits, score_kind, self.cfg.heatmap_sigma)
+        cfg = self.cfg
+        xy, scores, flat_index = decode_heatmaps(heatmap_logits, cfg.heatmap_loss, cfg.heatmap_sigma)
         occlusion = torch.sigmoid(occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0])
         pixels = cells_to_pixels(xy, boxes, self.heatmap_height, self.heatmap_width)
         return torch.cat([pixels, scores[..., None]], dim=2), occlusion

@@ -35,14 +35,14 @@ def find_shipped_file(relative: str | Path) -> Path | None:
 
 def default_checkpoint_path() -> Path | None:
     """The shipped default checkpoint, or None when no default model has been shipped yet."""
-    return next((path for path in _candidates(DEFAULT_CHECKPOINT) if path.is_file()), None)
+    return find_shipped_file(DEFAULT_CHECKPOINT)
 
 
 def default_model_config_path() -> Path:
     """The model config the default model is trained from (for a random-init stand-in)."""
-    for path in _candidates(DEFAULT_MODEL_CONFIG):
-        if path.is_file():
-            return path
+    path = find_shipped_file(DEFAULT_MODEL_CONFIG)
+    if path is not None:
+        return path
     tried = ' or '.join(str(path) for path in _candidates(DEFAULT_MODEL_CONFIG))
     raise FileNotFoundError(f'model config not found at {tried}')
 
