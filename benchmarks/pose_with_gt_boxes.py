@@ -8,7 +8,13 @@ D_Pose. It then reports:
 - the median joint error as a fraction of the box height, for visible (v = 2) and occluded (v = 1) joints;
 - the left/right swap rate: the share of labelled joints of a left/right pair (both labelled) whose
   prediction lies closer to the *other* side's ground truth than to its own and more than 0.05 x the
-  box height from its own.
+  box height from its own;
+- the same per view, front / side / back, read from the ground truth as the pose loss's facing label
+  does (`losses.facing_labels`: the left shoulder, else hip, on the image right = facing the camera;
+  neither pair 0.1 box widths apart = side), with the share of people flipped as a whole (the mean
+  joint lies closer to the mirrored truth than to the truth, and more than 0.05 x the box height from
+  the truth). A network that has not learned which way people face puts every back view's left joints
+  on the image right, as for a front view: back views then flip as a whole.
 
 Usage (from the repository root):
     .venv/bin/python benchmarks/pose_with_gt_boxes.py --checkpoint runs/learning_check/stage2/last.pt \
@@ -30,6 +36,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_check import _import_source_tree  # noqa: E402
 
 SWAP_MARGIN = 0.05      # of the box height: a joint this close to its own truth is never a swap
+VIEWS = ('side', 'front', 'back')
+
+
+def _share(flags: list[bool]) -> float | None:
+    """The share of True in `flags`; None for an empty list."""
+    return float(np.mean(flags)) if flags else None
 
 
 def pose_on_boxes(model, image_rgb: np.ndarray, boxes_xyxy: np.ndarray, domain: str) -> np.ndarray:
@@ -66,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from occluded_ppe_ros.model.checkpoint import model_from_checkpoint
+    from occluded_ppe_ros.model.losses import facing_labels
     from occluded_ppe_ros.skeleton import COCO17_INDEX, FLIP_PERMUTATION
     from occluded_ppe_training.evaluation.coco_eval import evaluate_coco
 
@@ -80,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         if not annotation.get('iscrowd') and annotation.get('num_keypoints', 0) > 0:
             people.setdefault(annotation['image_id'], []).append(annotation)
     results, errors, swaps = [], {1: [], 2: []}, []
+    by_view: dict[str, dict[str, list[bool]]] = {view: {'swaps': [], 'flipped': []} for view in VIEWS}
     for info in ground_truth['images']:
         annotations = people.get(info['id'], [])
         if not annotations:
@@ -90,18 +104,26 @@ def main(argv: list[str] | None = None) -> int:
         boxes = np.array([a['bbox'] for a in annotations], np.float32)
         boxes[:, 2:] += boxes[:, :2]                      # x, y, w, h -> x1, y1, x2, y2
         predicted = pose_on_boxes(model, np.ascontiguousarray(bgr[:, :, ::-1]), boxes, args.domain)
-        for annotation, joints in zip(annotations, predicted):
-            truth = np.asarray(annotation['keypoints'], float).reshape(17, 3)[slots]
+        truths = np.stack([np.asarray(a['keypoints'], np.float32).reshape(17, 3)[slots] for a in annotations])
+        faces, has_facing = facing_labels(torch.from_numpy(truths), torch.from_numpy(boxes))
+        for annotation, joints, truth, front, decided in zip(annotations, predicted, truths, faces.tolist(),
+                                                              has_facing.tolist()):
+            view = VIEWS[0 if not decided else (1 if front else 2)]
             height = max(annotation['bbox'][3], 1.0)
             own = np.hypot(*(joints[:, :2] - truth[:, :2]).T) / height
             other = np.hypot(*(joints[:, :2] - truth[mirror, :2]).T) / height
+            labelled = truth[:, 2] > 0
+            by_view[view]['flipped'].append(bool(other[labelled].mean() < own[labelled].mean()
+                                                 and own[labelled].mean() > SWAP_MARGIN))
             for joint in range(len(truth)):
                 visibility = int(truth[joint, 2])
                 if visibility > 0:
                     errors[visibility].append(own[joint])
                 paired = mirror[joint] != joint and visibility > 0 and truth[mirror[joint], 2] > 0
                 if paired:
-                    swaps.append(bool(other[joint] < own[joint] and own[joint] > SWAP_MARGIN))
+                    swapped = bool(other[joint] < own[joint] and own[joint] > SWAP_MARGIN)
+                    swaps.append(swapped)
+                    by_view[view]['swaps'].append(swapped)
             full = np.zeros((17, 3))
             full[slots, :2] = joints[:, :2]
             full[slots, 2] = 1.0
@@ -113,8 +135,12 @@ def main(argv: list[str] | None = None) -> int:
         'people': len(results), 'keypoint_AP': metrics['AP'], 'keypoint_AP50': metrics['AP50'],
         'median_error_visible': float(np.median(errors[2])) if errors[2] else None,
         'median_error_occluded': float(np.median(errors[1])) if errors[1] else None,
-        'left_right_swap_rate': float(np.mean(swaps)) if swaps else None,
+        'left_right_swap_rate': _share(swaps),
         'paired_joints': len(swaps),
+        'by_view': {view: {'people': len(values['flipped']),
+                           'left_right_swap_rate': _share(values['swaps']),
+                           'flipped_people_rate': _share(values['flipped'])}
+                    for view, values in by_view.items()},
     }
     print(json.dumps(summary, indent=2))
     return 0

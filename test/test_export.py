@@ -5,6 +5,7 @@ A tiny random ResNet-18 network keeps every export to a few seconds.
 from __future__ import annotations
 
 import argparse
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -59,6 +60,23 @@ def test_onnx_runtime_matches_pytorch_at_two_input_sizes(tiny_network, tmp_path)
         assert outputs['keypoints'].shape == (2, 5, 13, 3) and outputs['labels'].dtype == np.int64
         for name in ('boxes', 'scores', 'labels', 'masks', 'keypoints', 'keypoint_occluded'):
             assert name.split('_')[0] in report
+
+
+def test_dilated_pose_encoder_with_global_context_exports_with_parity(tmp_path):
+    """pose.encoder_dilations and pose.global_context keep the ONNX graph equal to PyTorch."""
+    from occluded_ppe_ros.model.network import build_model
+
+    config = copy.deepcopy(TINY_MODEL)
+    config['pose'].update(encoder_dilations=[1, 2], global_context=True)
+    torch.manual_seed(1)
+    cfg = ModelConfig.from_dict(config)
+    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny dilated'})
+    assert network.model.pose.encoder[3].dilation == (2, 2) and network.model.pose.context is not None
+    path = tmp_path / 'dilated.onnx'
+    deploy = _export(network, path, (96, 128))
+    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
+                                     intra_op_threads=2)
+    assert ok, report
 
 
 def test_fixed_size_graph_rejects_another_size_with_a_clear_error(tiny_network, tmp_path):

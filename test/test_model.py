@@ -16,7 +16,7 @@ from occluded_ppe_ros.model.checkpoint import main as checkpoint_main
 from occluded_ppe_ros.model.config import BackboneConfig, DetectionConfig, ModelConfig
 from occluded_ppe_ros.model.deploy import OUTPUT_NAMES, DeployModel
 from occluded_ppe_ros.model.detection import detection_loss
-from occluded_ppe_ros.model.losses import LOSS_TERMS
+from occluded_ppe_ros.model.losses import LOSS_TERMS, facing_labels, loss_term
 from occluded_ppe_ros.model.network import build_model
 
 torch.set_num_threads(2)
@@ -96,6 +96,8 @@ def test_config_errors_name_the_bad_value(tmp_path):
         ModelConfig.from_yaml(bad)
     with pytest.raises(ValueError, match='kitti'):
         ModelConfig.class_names('kitti')
+    with pytest.raises(ValueError, match=r'encoder_dilations.*\[1, 2\]'):
+        ModelConfig.from_dict({'pose': {'encoder_convs': 3, 'encoder_dilations': [1, 2]}})
 
 
 # ----------------------------------------------------------------- backbones
@@ -185,6 +187,39 @@ def test_training_forward_returns_named_finite_losses_for_both_stages(domain):
         assert float(losses2['loss_pe_occlusion'].detach()) > 0
     else:
         assert float(losses2['loss_pe_heatmap'].detach()) == 0.0
+
+
+def test_facing_labels_follow_the_left_right_order_of_shoulders_then_hips():
+    keypoints = torch.zeros((4, 13, 3))
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 60.0]]).expand(4, 4)
+    keypoints[0, [1, 2], 0] = torch.tensor([15.0, 5.0])         # left shoulder on the image right: facing
+    keypoints[1, [1, 2], 0] = torch.tensor([5.0, 15.0])         # on the image left: seen from behind
+    keypoints[2, [1, 2], 0] = torch.tensor([10.5, 10.0])        # side view (0.5 px apart): no label
+    keypoints[2, [7, 8], 0] = torch.tensor([4.0, 12.0])         # ... unless the hips decide: behind
+    keypoints[:3, [1, 2, 7, 8], 2] = 2.0
+    keypoints[3, [1, 2], 0] = torch.tensor([15.0, 5.0])         # not labelled (v = 0): no label
+    faces, labelled = facing_labels(keypoints, boxes)
+    assert labelled.tolist() == [True, True, True, False]
+    assert faces[:3].tolist() == [1.0, 0.0, 0.0]
+
+
+def test_facing_loss_is_a_pose_term_trained_only_when_weighted():
+    images = torch.rand(2, 3, HEIGHT, WIDTH)
+    targets = [make_target(2), make_target(1)]
+    for target in targets:   # spread the shoulders so every person has a facing label (facing the camera)
+        target['keypoints'][:, 1, 0] = target['boxes'][:, 2] - 2.0
+        target['keypoints'][:, 2, 0] = target['boxes'][:, 0] + 2.0
+    plain = tiny_model().train()(images, targets, domain='coco', stage=2)
+    assert 'loss_pe_facing' not in plain and tiny_model().pose.facing is None
+    model = tiny_model(facing_loss_weight=0.5, global_context=True).train()
+    losses = model(images, targets, domain='coco', stage=2)
+    assert set(losses) == STAGE2_KEYS | {'loss_pe_facing'} and loss_term('loss_pe_facing') == 'pe'
+    assert float(losses['loss_pe_facing'].detach()) > 0
+    losses['loss_pe_facing'].backward()
+    assert model.pose.facing.weight.grad.abs().sum() > 0
+    assert model.pose.encoder[0].weight.grad.abs().sum() > 0     # it trains E_Pose, not only its own layer
+    target_losses = model(images, [make_target(2, with_keypoints=False)] * 2, domain='citypersons', stage=2)
+    assert float(target_losses['loss_pe_facing'].detach()) == 0.0   # no keypoints, no facing label
 
 
 def test_empty_batch_still_gives_finite_losses_with_a_graph():

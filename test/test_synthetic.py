@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -121,3 +122,49 @@ def test_cli_writes_a_set(tmp_path, capsys):
     assert 'wrote 2 images' in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(['synth', '--out', str(tmp_path), '--size', '96by64'])
+    with pytest.raises(SystemExit, match='back-view-probability must be in \\[0, 1\\], got 1.5'):
+        main(['synth', '--out', str(tmp_path), '--num-images', '1', '--back-view-probability', '1.5'])
+    with pytest.raises(ValueError, match='back_view_probability must be in \\[0, 1\\], got -0.1'):
+        SynthConfig(back_view_probability=-0.1)
+
+
+def _shoulder_order(config: SynthConfig, images: int) -> np.ndarray:
+    """Per rendered person: (left shoulder x - right shoulder x) / person height; < 0 = seen from behind."""
+    orders = []
+    for index in range(images):
+        _, truths = render_scene(image_rng(21, index), config)
+        for truth in truths:
+            height = truth.box[3] - truth.box[1]
+            orders.append((truth.keypoints[1, 0] - truth.keypoints[2, 0]) / height)
+    return np.array(orders)
+
+
+def test_back_view_probability_sets_the_share_of_people_seen_from_behind():
+    # Seen from behind (yaw 2.1..pi), the person's left shoulder is drawn on the image left, by at least
+    # 2 x 0.095 x cos(2.1) ~ 0.09 body heights; front views put it on the image right.
+    plain = {'width': 160, 'height': 128, 'max_people': 3, 'occluder_probability': 0.0}
+    behind = _shoulder_order(SynthConfig(back_view_probability=1.0, **plain), 12)
+    assert len(behind) >= 12 and (behind < -0.05).all()
+    mixed = _shoulder_order(SynthConfig(back_view_probability=0.3, **plain), 40)
+    assert 0.15 < (mixed < -0.05).mean() < 0.5 and (mixed > 0.05).mean() > 0.25
+
+
+def test_a_face_turned_to_the_camera_shows_skin_and_eyes_below_the_hair():
+    from occluded_ppe_training.datasets import synthetic
+
+    for yaw, face_expected in ((0.0, True), (math.pi, False)):
+        rng = np.random.default_rng(5)
+        body = synthetic._pose_body(rng, back_view_probability=0.0)
+        body.yaw = yaw
+        painter = synthetic._PersonPainter(rng, body)
+        canvas, _, _ = painter.draw(400.0, np.array([200.0, 220.0]), 480, 400)
+        centre_x, centre_y = 200.0 + body.head[0] * 400.0, 220.0 + body.head[1] * 400.0
+        eye_row = canvas[int(centre_y), int(centre_x - 0.6 * body.head_radius * 400):
+                         int(centre_x + 0.6 * body.head_radius * 400)]
+        skin = (eye_row == painter.skin).all(axis=1).mean()
+        eyes = (eye_row == (30, 20, 20)).all(axis=1).any()
+        hair = (eye_row == painter.hair).all(axis=1).mean()
+        if face_expected:   # the eye line is face: skin, with the eyes on it
+            assert skin > 0.3 and eyes and hair == 0.0
+        else:               # from behind: hair only
+            assert hair == 1.0 and not eyes

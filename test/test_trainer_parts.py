@@ -181,3 +181,23 @@ def test_periodic_evaluation_scores_perfect_and_wrong_keypoints_like_pycocotools
     shifted = dict(perfect, keypoints=perfect['keypoints'] + torch.tensor([20.0, 20.0, 0.0]))
     ground_truth, results = coco_keypoint_dicts([target], [shifted], (64, 64))
     assert evaluate_coco(ground_truth, results, ['keypoints'])['keypoints'].named['AP'] == pytest.approx(0.0)
+
+
+def test_a_synthetic_set_from_an_older_generator_is_refused_by_name(tmp_path):
+    import json
+
+    from occluded_ppe_training.config import DatasetConfig, SyntheticConfig
+    from occluded_ppe_training.datasets.synthetic import GENERATOR_VERSION
+    from occluded_ppe_training.trainer import prepare_synthetic
+
+    directory = tmp_path / 'synthetic_set'
+    cfg = DatasetConfig(format='synthetic', directory=str(directory),
+                        synthetic=SyntheticConfig(num_images=2, image_size=[64, 96], seed=4))
+    annotations = prepare_synthetic(cfg)                       # generated on first use
+    data = json.loads(annotations.read_text())
+    assert data['info']['generator_version'] == GENERATOR_VERSION
+    assert prepare_synthetic(cfg) == annotations               # reused as is
+    del data['info']['generator_version']                      # as written before the stamp existed
+    annotations.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"synthetic_set.*'generator_version': \(1, {GENERATOR_VERSION}\)"):
+        prepare_synthetic(cfg)

@@ -172,12 +172,13 @@ def prepare_synthetic(cfg: DatasetConfig) -> Path:
     """The synthetic set's annotations file, generating the set into `cfg.directory` when absent.
 
     An existing set is used as it is, but one that records other generation settings (seed, number or
-    size of images) is an error naming the folder, so a stale set never silently replaces the asked-for one.
+    size of images, generator version) is an error naming the folder, so a stale set never silently
+    replaces the asked-for one.
 
     Returns:
         path of the COCO-format annotations JSON (images in `<directory>/images/`).
     """
-    from occluded_ppe_training.datasets.synthetic import SynthConfig, generate_dataset
+    from occluded_ppe_training.datasets.synthetic import GENERATOR_VERSION, SynthConfig, generate_dataset
 
     directory = Path(cfg.directory)
     annotations = directory / 'annotations.json'
@@ -192,9 +193,11 @@ def prepare_synthetic(cfg: DatasetConfig) -> Path:
         existing = json.load(stream)
     info = existing.get('info', {}) if isinstance(existing, dict) else {}
     if 'seed' in info:
-        recorded = dict(info.get('config', {}), seed=info['seed'], num_images=len(existing.get('images', [])))
+        # sets written before the version stamp are version 1
+        recorded = dict(info.get('config', {}), seed=info['seed'], num_images=len(existing.get('images', [])),
+                        generator_version=info.get('generator_version', 1))
         wanted = dict(cfg.synthetic.options, seed=cfg.synthetic.seed, num_images=cfg.synthetic.num_images,
-                      width=width, height=height)
+                      width=width, height=height, generator_version=GENERATOR_VERSION)
         differing = {key: (recorded.get(key), value) for key, value in wanted.items()
                      if recorded.get(key) != value}
         if differing:

@@ -140,6 +140,12 @@ class PoseConfig:
         roi_width: RoIAlign output width.
         encoder_channels: channels of E_Pose's convs.
         encoder_convs: number of 3x3 convs in E_Pose.
+        encoder_dilations: dilation of each of E_Pose's convs (empty = all 1). Dilations such as
+            [1, 2, 4] let each RoI cell see the whole 16 x 12 instance (receptive field 15 cells instead
+            of 7) at the same cost, so a wrist's cell can see the face that says which side is left.
+        global_context: add to every cell of E_Pose's output a learned projection of the instance's
+            mean feature (then ReLU): one instance-wide summary, such as which way the person faces,
+            reaches every joint's heatmap.
         decoder_channels: channels of D_Pose's deconvolutions.
         decoder_deconvs: number of 2x deconvolutions in D_Pose (heatmap = roi * 2 ** this).
         heatmap_loss: 'softmax' (spatial softmax cross-entropy to a normalised Gaussian around the joint;
@@ -160,6 +166,11 @@ class PoseConfig:
             its keypoint head on every positive proposal of an object). The pose stage is cheap next to
             the encoder, so this multiplies the pose examples an iteration gives at little cost.
         occlusion_loss_weight: weight of the learned occluded-joint BCE inside L_pe.
+        facing_loss_weight: weight inside L_pe of an auxiliary per-instance 'faces the camera' BCE, read
+            from E_Pose's mean feature (the one `global_context` broadcasts). Its label comes from the
+            keypoints themselves: a person facing the camera has the left shoulder (else hip) on the image
+            right. Which way a person faces decides every left/right assignment, and the heatmap loss
+            alone teaches it slowly; 0 = off (the paper's L_pe).
         box_jitter: in training, each side of a ground-truth box is moved by up to this fraction of the
             box's width/height (uniform), so the stage learns from boxes as loose as detected ones.
     """
@@ -168,6 +179,8 @@ class PoseConfig:
     roi_width: int = 12
     encoder_channels: int = 128
     encoder_convs: int = 4
+    encoder_dilations: list[int] = field(default_factory=list)
+    global_context: bool = False
     decoder_channels: int = 64
     decoder_deconvs: int = 2
     heatmap_loss: str = 'softmax'
@@ -179,6 +192,7 @@ class PoseConfig:
     samples_per_instance: int = 1
     gate_dilation: int = 0
     occlusion_loss_weight: float = 0.5
+    facing_loss_weight: float = 0.0
     box_jitter: float = 0.05
 
 
@@ -244,6 +258,12 @@ class ModelConfig:
             raise ValueError(f'pose.source_domain {self.pose.source_domain!r} is not one of {DOMAINS}')
         if self.pose.gate_dilation < 0:
             raise ValueError(f'pose.gate_dilation must be >= 0, got {self.pose.gate_dilation}')
+        dilations = self.pose.encoder_dilations
+        if dilations and (len(dilations) != self.pose.encoder_convs or min(dilations) < 1):
+            raise ValueError(f'pose.encoder_dilations must be empty or {self.pose.encoder_convs} values >= 1 '
+                             f'(one per E_Pose conv), got {dilations}')
+        if self.pose.facing_loss_weight < 0:
+            raise ValueError(f'pose.facing_loss_weight must be >= 0, got {self.pose.facing_loss_weight}')
         if self.pose.samples_per_instance < 1:
             raise ValueError(f'pose.samples_per_instance must be >= 1, got {self.pose.samples_per_instance}')
         if self.pose.heatmap_loss not in HEATMAP_LOSSES:

@@ -10,6 +10,7 @@ Loss names returned by `PPENet.forward` in training, and the paper's term (eq. 1
 | loss_dc_domain          | L_dc    | domain classifier BCE (instance level, behind the GRL)        |
 | loss_pe_heatmap         | L_pe    | keypoint-heatmap loss (source instances, v > 0 joints)        |
 | loss_pe_occlusion       | L_pe    | occluded-joint BCE, already x `occlusion_loss_weight`         |
+| loss_pe_facing          | L_pe    | faces-the-camera BCE x `facing_loss_weight` (only when > 0)   |
 
 `LOSS_TERMS` maps each key to its term so a trainer applies the paper's alpha / beta / gamma with
 `loss_term(key)`. The paper adopts L_det from Dasgupta et al. 2022 and L_pe from ClueNet without giving
@@ -27,6 +28,7 @@ LOSS_TERMS: dict[str, str] = {
     'loss_dc_domain': 'dc',
     'loss_pe_heatmap': 'pe',
     'loss_pe_occlusion': 'pe',
+    'loss_pe_facing': 'pe',
 }
 
 
@@ -170,3 +172,39 @@ def occlusion_loss(occlusion_logits: torch.Tensor, occluded: torch.Tensor,
     losses = F.binary_cross_entropy_with_logits(occlusion_logits, occluded.to(occlusion_logits.dtype),
                                                 reduction='none')
     return (losses * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def facing_labels(keypoints: torch.Tensor, boxes: torch.Tensor, min_separation: float = 0.1
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Whether each person faces the camera, read from the left/right order of their shoulders or hips.
+
+    Facing the camera, a person's left shoulder is drawn to the right of the right one (larger x); seen
+    from behind, to its left. The shoulders decide when both are labelled and at least `min_separation`
+    x the box width apart; otherwise the hips, under the same rule; otherwise the person has no label
+    (a side view, or joints missing).
+
+    Args:
+        keypoints: float [R, 13, 3] x, y pixels, v (0 = not labelled), skeleton.KEYPOINT_NAMES order.
+        boxes: float [R, 4] x1, y1, x2, y2 pixels.
+        min_separation: the smallest |x_left - x_right| / box width that counts.
+
+    Returns:
+        (faces float [R] 1 = faces the camera, labelled bool [R]).
+    """
+    width = (boxes[:, 2] - boxes[:, 0]).clamp(min=1e-3)
+    faces = keypoints.new_zeros(keypoints.shape[0])
+    labelled = torch.zeros(keypoints.shape[0], dtype=torch.bool, device=keypoints.device)
+    for left, right in ((7, 8), (1, 2)):  # hips first, so the shoulders overwrite where they decide
+        separation = (keypoints[:, left, 0] - keypoints[:, right, 0]) / width
+        both_labelled = (keypoints[:, left, 2] > 0) & (keypoints[:, right, 2] > 0)
+        decides = both_labelled & (separation.abs() >= min_separation)
+        faces = torch.where(decides, (separation > 0).to(faces.dtype), faces)
+        labelled = labelled | decides
+    return faces, labelled
+
+
+def facing_loss(logits: torch.Tensor, faces: torch.Tensor, labelled: torch.Tensor) -> torch.Tensor:
+    """Mean BCE of the faces-the-camera logits [R] over labelled instances; 0 in the graph when none."""
+    if not bool(labelled.any()):
+        return logits.sum() * 0.0
+    return F.binary_cross_entropy_with_logits(logits[labelled], faces[labelled])

@@ -23,8 +23,8 @@ from torch import nn
 from occluded_ppe_ros.model.backbone import Encoder
 from occluded_ppe_ros.model.config import BRANCH_CLASS_NAMES, ModelConfig
 from occluded_ppe_ros.model.detection import DetectionHead, decode_detections, detection_loss
-from occluded_ppe_ros.model.losses import (domain_loss, keypoint_heatmap_loss, keypoint_softmax_loss,
-                                           mask_loss, occlusion_loss)
+from occluded_ppe_ros.model.losses import (domain_loss, facing_labels, facing_loss, keypoint_heatmap_loss,
+                                           keypoint_softmax_loss, mask_loss, occlusion_loss)
 from occluded_ppe_ros.model.mask_head import MaskHead, mask_targets
 from occluded_ppe_ros.model.ops import (dilate_gate, jitter_boxes, keypoint_distribution_targets,
                                         keypoint_targets, mask_gate, random_occlusion_gate, rois_from_boxes,
@@ -143,7 +143,7 @@ class PPENet(nn.Module):
         occlusion_gate = random_occlusion_gate(rois.shape[0], cfg.roi_height, cfg.roi_width, mask_ratio,
                                                device=features.device)
         gate = gate * occlusion_gate
-        encoded = self.pose.encode(self.pose.pool(features, rois), gate)
+        encoded, summary = self.pose.encode_with_summary(self.pose.pool(features, rois), gate)
         losses = {'loss_dc_domain': domain_loss(self.pose.domain_logits(encoded), is_source)}
         all_boxes = rois[:, 1:]
         keypoints_all = torch.cat(keypoints) if keypoints else features.new_zeros((0, 13, 3))
@@ -154,6 +154,8 @@ class PPENet(nn.Module):
             zero = encoded.sum() * 0.0
             losses['loss_pe_heatmap'] = zero
             losses['loss_pe_occlusion'] = zero
+            if self.pose.facing is not None:
+                losses['loss_pe_facing'] = zero
             return losses
         heatmap_logits, occlusion_logits = self.pose.decode(encoded[use])
         hm_h, hm_w = heatmap_logits.shape[-2:]
@@ -172,6 +174,10 @@ class PPENet(nn.Module):
         occlusion_at_joint = occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0]
         losses['loss_pe_occlusion'] = cfg.occlusion_loss_weight * occlusion_loss(occlusion_at_joint, occluded,
                                                                                  valid)
+        if self.pose.facing is not None:
+            faces, has_facing = facing_labels(keypoints_all[use], all_boxes[use])
+            losses['loss_pe_facing'] = cfg.facing_loss_weight * facing_loss(
+                self.pose.facing(summary[use])[:, 0], faces, has_facing)
         return losses
 
     # ---------------------------------------------------------------- inference

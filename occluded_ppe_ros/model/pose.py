@@ -11,8 +11,11 @@ Pipeline per instance (shared by both branches, which is what makes it distribut
    ground-truth visible mask (or the visible box where no mask is known) times a random rectangle hiding
    `mask_ratio` of the box (the curriculum of section 3.1: the trainer raises mask_ratio over time), so
    E_Pose learns to place joints it cannot see.
-3. E_Pose: `encoder_convs` 3x3 conv + GN + ReLU. D_C: GAP of E_Pose's features -> gradient reversal ->
-   MLP -> one domain logit per instance (1 = source). The reversal makes E_Pose's features domain
+3. E_Pose: `encoder_convs` 3x3 conv + GN + ReLU (dilated by `encoder_dilations` where given), then,
+   with `global_context`, a learned projection of the instance's mean feature added to every cell.
+   D_C: GAP of E_Pose's features -> gradient reversal -> MLP -> one domain logit per instance
+   (1 = source). With `facing_loss_weight` > 0 a linear layer on the same mean feature is trained to
+   say whether the person faces the camera (training only). The reversal makes E_Pose's features domain
    invariant while D_C learns to tell the domains apart (DANN; Kocabas et al. use the same form).
 4. D_Pose: `decoder_deconvs` 4x4 stride-2 deconvolutions + GN + ReLU, then a 1x1 conv to 2 x 13 maps:
    13 keypoint heatmap logits and 13 occlusion logit maps (heatmap = roi x 2 ** decoder_deconvs cells).
@@ -50,12 +53,18 @@ class PoseStage(nn.Module):
         self.stride = stride
         layers: list[nn.Module] = []
         channels = in_channels
-        for _ in range(cfg.encoder_convs):
-            layers += [nn.Conv2d(channels, cfg.encoder_channels, 3, padding=1, bias=False),
+        dilations = cfg.encoder_dilations or [1] * cfg.encoder_convs
+        for dilation in dilations:
+            layers += [nn.Conv2d(channels, cfg.encoder_channels, 3, padding=dilation, dilation=dilation,
+                                 bias=False),
                        nn.GroupNorm(_groups(cfg.encoder_channels), cfg.encoder_channels),
                        nn.ReLU(inplace=True)]
             channels = cfg.encoder_channels
         self.encoder = nn.Sequential(*layers)          # E_Pose
+        # instance-wide summary added to every cell (PoseConfig.global_context)
+        self.context = nn.Linear(channels, channels) if cfg.global_context else None
+        # auxiliary 'faces the camera' logit (PoseConfig.facing_loss_weight); training only
+        self.facing = nn.Linear(channels, 1) if cfg.facing_loss_weight > 0 else None
         decoder: list[nn.Module] = []
         for _ in range(cfg.decoder_deconvs):
             decoder += [nn.ConvTranspose2d(channels, cfg.decoder_channels, 4, stride=2, padding=1,
@@ -91,7 +100,16 @@ class PoseStage(nn.Module):
 
     def encode(self, pooled: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """E_Pose on gated instance features: [R, C, rh, rw] x [R, 1, rh, rw] -> [R, C_pose, rh, rw]."""
-        return self.encoder(pooled * gate)
+        return self.encode_with_summary(pooled, gate)[0]
+
+    def encode_with_summary(self, pooled: torch.Tensor, gate: torch.Tensor
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+        """E_Pose, and the mean of its conv output per instance: ([R, C_pose, rh, rw], [R, C_pose])."""
+        encoded = self.encoder(pooled * gate)
+        summary = encoded.mean(dim=(2, 3))
+        if self.context is not None:
+            encoded = torch.relu(encoded + self.context(summary)[:, :, None, None])
+        return encoded, summary
 
     def domain_logits(self, encoded: torch.Tensor) -> torch.Tensor:
         """D_C behind the GRL: [R, C_pose, rh, rw] -> [R] logits (1 = source domain)."""

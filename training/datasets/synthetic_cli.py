@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--max-people', type=int, default=4, help='at most this many people per image')
     parser.add_argument('--occluder-probability', type=float, default=0.6,
                         help='chance that a person gets an occluder over part of its body')
+    parser.add_argument('--back-view-probability', type=float, default=0.3,
+                        help='share of people seen from behind (0-1); the rest are front and side views')
     parser.add_argument('--jpeg-quality', type=int, default=92, help='JPEG quality 0-100')
 
 
@@ -33,9 +35,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_images < 0:
         raise SystemExit(f'--num-images must be >= 0, got {args.num_images}')
+    if not 0.0 <= args.back_view_probability <= 1.0:
+        raise SystemExit(f'--back-view-probability must be in [0, 1], got {args.back_view_probability}')
     width, height = args.size
     config = SynthConfig(width=width, height=height, max_people=args.max_people,
-                         occluder_probability=args.occluder_probability, jpeg_quality=args.jpeg_quality)
+                         occluder_probability=args.occluder_probability,
+                         back_view_probability=args.back_view_probability, jpeg_quality=args.jpeg_quality)
     summary = generate_dataset(args.out, args.num_images, args.seed, config, progress=True)
     occluded_share = summary['occluded_joints'] / max(1, summary['joints'])
     print(f'wrote {summary["images"]} images, {summary["people"]} people, {summary["joints"]} joints '
