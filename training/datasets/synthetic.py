@@ -242,9 +242,9 @@ def _pose_body(rng: np.random.Generator, back_view_probability: float) -> _Body:
     torso = np.array([[sx * w, y, sf * depth_half] for w, y in ((shoulder_half * 1.05, -torso_length),
                                                                   (hip_half * 1.25, 0.03))
                       for sx in (-1, 1) for sf in (-1, 1)])
-    # Street pedestrians walk toward the camera, away from it and across it about equally often, so
-    # back views (face hidden, the person's left on the image left) are as common as the rest; a
-    # front-heavy mix lets a network get away with 'left joints on the image right' always.
+    # Street pedestrians walk toward the camera, away from it and across it about equally often, so by
+    # default back views (face hidden, the person's left on the image left) are about as common as front
+    # and side views; a front-heavy mix lets a network get away with 'left joints on the image right'.
     view = rng.random()
     if view < back_view_probability:
         yaw = rng.choice([-1, 1]) * rng.uniform(2.1, math.pi)
