@@ -144,8 +144,8 @@ class PoseConfig:
             [1, 2, 4] let each RoI cell see the whole 16 x 12 instance (receptive field 15 cells instead
             of 7) at the same cost, so a wrist's cell can see the face that says which side is left.
         global_context: add to every cell of E_Pose's output a learned projection of the instance's
-            mean feature (then ReLU): one instance-wide summary, such as which way the person faces,
-            reaches every joint's heatmap.
+            summary (the per-channel max over its cells, then ReLU): one instance-wide summary, such as
+            which way the person faces, reaches every joint's heatmap.
         decoder_channels: channels of D_Pose's deconvolutions.
         decoder_deconvs: number of 2x deconvolutions in D_Pose (heatmap = roi * 2 ** this).
         heatmap_loss: 'softmax' (spatial softmax cross-entropy to a normalised Gaussian around the joint;
@@ -167,7 +167,7 @@ class PoseConfig:
             the encoder, so this multiplies the pose examples an iteration gives at little cost.
         occlusion_loss_weight: weight of the learned occluded-joint BCE inside L_pe.
         facing_loss_weight: weight inside L_pe of an auxiliary per-instance 'faces the camera' BCE, read
-            from E_Pose's mean feature (the one `global_context` broadcasts). Its label comes from the
+            from E_Pose's per-channel max (the summary `global_context` broadcasts). Its label comes from the
             keypoints themselves: a person facing the camera has the left shoulder (else hip) on the image
             right. Which way a person faces decides every left/right assignment, and the heatmap loss
             alone teaches it slowly; 0 = off (the paper's L_pe).

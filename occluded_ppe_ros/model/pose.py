@@ -12,9 +12,9 @@ Pipeline per instance (shared by both branches, which is what makes it distribut
    `mask_ratio` of the box (the curriculum of section 3.1: the trainer raises mask_ratio over time), so
    E_Pose learns to place joints it cannot see.
 3. E_Pose: `encoder_convs` 3x3 conv + GN + ReLU (dilated by `encoder_dilations` where given), then,
-   with `global_context`, a learned projection of the instance's mean feature added to every cell.
+   with `global_context`, a learned projection of the instance's max feature added to every cell.
    D_C: GAP of E_Pose's features -> gradient reversal -> MLP -> one domain logit per instance
-   (1 = source). With `facing_loss_weight` > 0 a linear layer on the same mean feature is trained to
+   (1 = source). With `facing_loss_weight` > 0 a linear layer on that max feature is trained to
    say whether the person faces the camera (training only). The reversal makes E_Pose's features domain
    invariant while D_C learns to tell the domains apart (DANN; Kocabas et al. use the same form).
 4. D_Pose: `decoder_deconvs` 4x4 stride-2 deconvolutions + GN + ReLU, then a 1x1 conv to 2 x 13 maps:
@@ -104,9 +104,14 @@ class PoseStage(nn.Module):
 
     def encode_with_summary(self, pooled: torch.Tensor, gate: torch.Tensor
                             ) -> tuple[torch.Tensor, torch.Tensor]:
-        """E_Pose, and the mean of its conv output per instance: ([R, C_pose, rh, rw], [R, C_pose])."""
+        """E_Pose, and the max of its conv output per instance: ([R, C_pose, rh, rw], [R, C_pose]).
+
+        The summary is a max, not a mean: the facing cue sits in a few head cells of the 16 x 12 grid,
+        and a mean dilutes it. In stage-2 runs of the tiny preset (1200 iterations, one run each) a
+        facing head on the mean never left chance, and on the max it reached 85 % held-out accuracy.
+        """
         encoded = self.encoder(pooled * gate)
-        summary = encoded.mean(dim=(2, 3))
+        summary = encoded.amax(dim=(2, 3))
         if self.context is not None:
             encoded = torch.relu(encoded + self.context(summary)[:, :, None, None])
         return encoded, summary
