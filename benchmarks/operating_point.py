@@ -52,19 +52,18 @@ def counts_at(gt: dict, results: list[dict], threshold: float, iou: float = 0.5,
         pairs: if given, each (result, person annotation) match is appended to it.
     """
     persons, crowds, detections = defaultdict(list), defaultdict(list), defaultdict(list)
-    for a in gt['annotations']:
-        (crowds if a.get('iscrowd') else persons)[a['image_id']].append(a['bbox'])
+    for a in gt['annotations']:   # persons: the annotations; crowds: only their boxes
+        if a.get('iscrowd'):
+            crowds[a['image_id']].append(a['bbox'])
+        else:
+            persons[a['image_id']].append(a)
     for r in results:
         if r['score'] >= threshold:
             detections[r['image_id']].append(r)
-    annotations = defaultdict(list)
-    for a in gt['annotations']:
-        if not a.get('iscrowd'):
-            annotations[a['image_id']].append(a)
     true_positives = false_positives = 0
     for image in gt['images']:
         found = sorted(detections.get(image['id'], []), key=lambda r: -r['score'])
-        targets = np.array(persons.get(image['id'], []), float).reshape(-1, 4)
+        targets = np.array([a['bbox'] for a in persons.get(image['id'], [])], float).reshape(-1, 4)
         crowd = np.array(crowds.get(image['id'], []), float).reshape(-1, 4)
         boxes = np.array([r['bbox'] for r in found], float).reshape(-1, 4)
         overlaps = box_iou_xywh(boxes, targets)
@@ -76,7 +75,7 @@ def counts_at(gt: dict, results: list[dict], threshold: float, iou: float = 0.5,
                 taken[match] = True
                 true_positives += 1
                 if pairs is not None:
-                    pairs.append((found[index], annotations[image['id']][match]))
+                    pairs.append((found[index], persons[image['id']][match]))
             elif len(crowd) and box_iou_xywh(boxes[index:index + 1], crowd).max() >= iou:
                 continue
             else:

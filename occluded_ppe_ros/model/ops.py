@@ -313,7 +313,7 @@ def gaussian_2d(center_x: torch.Tensor, center_y: torch.Tensor, sigma_x: torch.T
     return gy[:, :, None] * gx[:, None, :]
 
 
-def _joint_cells(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, width: int
+def joint_cells(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, width: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Where each joint falls on an H x W map spanning its box.
 
@@ -360,7 +360,7 @@ def keypoint_targets(keypoints: torch.Tensor, boxes: torch.Tensor, height: int, 
         flat_index: int64 [N, J], row * W + col of the joint's cell (0 where not valid).
     """
     n, j, _ = keypoints.shape
-    _, _, col, row, valid = _joint_cells(keypoints, boxes, height, width)
+    _, _, col, row, valid = joint_cells(keypoints, boxes, height, width)
     sigmas = torch.full((n * j,), float(sigma), dtype=keypoints.dtype, device=keypoints.device)
     targets = gaussian_2d((col + 0.5).reshape(-1), (row + 0.5).reshape(-1), sigmas, sigmas, height, width)
     targets = targets.reshape(n, j, height, width) * valid[..., None, None].to(keypoints.dtype)
@@ -389,7 +389,7 @@ def keypoint_distribution_targets(keypoints: torch.Tensor, boxes: torch.Tensor, 
         flat_index: int64 [N, J], row * W + col of the cell containing the joint (0 where not valid).
     """
     n, j, _ = keypoints.shape
-    cx, cy, col, row, valid = _joint_cells(keypoints, boxes, height, width)
+    cx, cy, col, row, valid = joint_cells(keypoints, boxes, height, width)
     sigmas = torch.full((n * j,), float(sigma), dtype=keypoints.dtype, device=keypoints.device)
     targets = gaussian_2d(cx.reshape(-1), cy.reshape(-1), sigmas, sigmas, height, width)
     targets = targets.reshape(n, j, height, width)
