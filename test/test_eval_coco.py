@@ -314,3 +314,35 @@ def test_cli_reports_bad_input_in_one_line(tmp_path, capsys):
     assert main(['eval', 'coco', '--gt', str(tmp_path / 'gt.json'), '--results', str(tmp_path / 'bad.json'),
                  '--out', str(tmp_path / 'out')]) == 2
     assert 'category_id 5' in capsys.readouterr().err
+
+
+def test_pose_score_is_detection_score_times_mean_confident_joint_score():
+    pedestrian = _pedestrian((0, 0, 10, 20), np.zeros((13, 2)), score=0.5)
+    pedestrian.keypoint_scores = np.array([0.9, 0.6, 0.1] + [0.0] * 10, np.float32)
+    assert pedestrian.pose_score() == pytest.approx(0.5 * (0.9 + 0.6) / 2)   # 0.1 < 0.2 does not count
+    pedestrian.keypoint_scores = np.full(13, 0.1, np.float32)
+    assert pedestrian.pose_score() == 0.0
+
+
+def test_keypoint_ap_ranks_people_by_pose_score_and_boxes_by_detection_score(tmp_path):
+    """Two people: a sure box with a wrong pose and a less sure box with the right pose.
+
+    Ranked by detection score, the wrong pose comes first (a false positive at the top of the keypoint
+    PR curve); ranked by pose score, the right one does. Box AP is the same either way.
+    """
+    gt = _ground_truth()
+    gt['images'] = [im for im in gt['images'] if im['id'] == 1]
+    gt['annotations'] = [a for a in gt['annotations'] if a['image_id'] == 1]
+    right, wrong = _results_from(gt, None)
+    wrong_keypoints = np.array(wrong['keypoints']).reshape(17, 3)
+    wrong_keypoints[KEPT_SLOTS, 1] += 30.0                        # every joint 30 px too low
+    wrong['keypoints'] = wrong_keypoints.reshape(-1).tolist()
+    right.update(score=0.6, pose_score=0.5)
+    wrong.update(score=0.9, pose_score=0.1)
+    by_pose = evaluate_coco(gt, [right, wrong])
+    without_pose = [{k: v for k, v in r.items() if k != 'pose_score'} for r in (right, wrong)]
+    by_detection = evaluate_coco(gt, without_pose)
+    np.testing.assert_allclose(by_detection['keypoints'].stats,
+                               _reference_stats(tmp_path, gt, without_pose, 'keypoints'), atol=1e-6)
+    assert by_pose['keypoints'].named['AP'] > by_detection['keypoints'].named['AP']
+    assert by_pose['bbox'].named['AP'] == pytest.approx(by_detection['bbox'].named['AP'])

@@ -79,6 +79,26 @@ def test_dilated_pose_encoder_with_global_context_exports_with_parity(tmp_path):
     assert ok, report
 
 
+def test_movenet_keypoint_features_export_with_parity(tmp_path):
+    """fpn.movenet_keypoint_features (MoveNet's pyramid and heatmap head, bilinear upsampling) in ONNX."""
+    from occluded_ppe_ros.model.network import build_model
+
+    config = copy.deepcopy(TINY_MODEL)
+    config['backbone'] = {'name': 'mobilenet_v2', 'tf_same_padding': True, 'frozen_batchnorm': True}
+    config['fpn'] = {'channels': 16, 'movenet_keypoint_features': True}
+    torch.manual_seed(2)
+    cfg = ModelConfig.from_dict(config)
+    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny movenet decoder'})
+    encoder = network.model.branches['citypersons'].encoder
+    assert encoder.out_channels == 16 + 41
+    assert not any(p.requires_grad for p in encoder.keypoint_decoder.parameters())
+    path = tmp_path / 'movenet_features.onnx'
+    deploy = _export(network, path, (96, 128))
+    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
+                                     intra_op_threads=2)
+    assert ok, report
+
+
 def test_fixed_size_graph_rejects_another_size_with_a_clear_error(tiny_network, tmp_path):
     path = tmp_path / 'tiny.onnx'
     _export(tiny_network, path, (96, 128))

@@ -96,6 +96,11 @@ def test_config_errors_name_the_bad_value(tmp_path):
         ModelConfig.from_yaml(bad)
     with pytest.raises(ValueError, match='kitti'):
         ModelConfig.class_names('kitti')
+    with pytest.raises(ValueError, match=r"movenet_keypoint_features needs .* got 'resnet18' and 4"):
+        ModelConfig.from_dict({'fpn': {'movenet_keypoint_features': True}})
+    with pytest.raises(ValueError, match=r"movenet_keypoint_features needs .* got 'mobilenet_v2' and 8"):
+        ModelConfig.from_dict({'backbone': {'name': 'mobilenet_v2'},
+                               'fpn': {'movenet_keypoint_features': True, 'output_stride': 8}})
     with pytest.raises(ValueError, match=r'encoder_dilations.*\[1, 2\]'):
         ModelConfig.from_dict({'pose': {'encoder_convs': 3, 'encoder_dilations': [1, 2]}})
 

@@ -83,6 +83,33 @@ def synthetic_movenet_weights(width_mult: float, seed: int = 0) -> dict[str, np.
         weights[f'{pi.BACKBONE_PREFIX}{keras_name}_bn_offset'] = \
             rng.normal(0, 0.1, out_c).astype(np.float16).astype(np.float32)
     weights['StatefulPartitionedCall/center_0/conv2d_4/BiasAdd/ReadVariableOp'] = np.zeros(1, np.float32)
+    weights.update(synthetic_decoder_weights(width_mult, rng))
+    return weights
+
+
+def synthetic_decoder_weights(width_mult: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """MoveNet's FPN and keypoint-heatmap head tensors (TF names, HWIO) with random float16 values."""
+    c4, c8, c16 = (24, 32, 64) if width_mult == 1.0 else (40, 48, 96)
+
+    def value(*shape: int) -> np.ndarray:
+        return rng.normal(0, 0.2, shape).astype(np.float16).astype(np.float32)
+
+    fpn, head = pi.FPN_PREFIX, pi.HEATMAP_HEAD_PREFIX
+    weights = {}
+    for keras, in_c, out_c in (('conv2d', 1280, 64), ('conv2d_1', c16, 64), ('conv2d_2', c8, 32),
+                               ('conv2d_3', c4, 24)):
+        weights[f'{fpn}{keras}/Conv2D/ReadVariableOp'] = value(1, 1, in_c, out_c)
+        weights[f'{fpn}{keras}/BiasAdd/ReadVariableOp'] = value(out_c)
+    for keras, in_c, out_c in (('separable_conv2d', 64, 32), ('separable_conv2d_1', 32, 24),
+                               ('separable_conv2d_2', 24, 24)):
+        weights[f'{fpn}{keras}/separable_conv2d/ReadVariableOp'] = value(3, 3, in_c, 1)
+        weights[f'{fpn}{keras}/separable_conv2d_weights'] = value(1, 1, in_c, out_c)
+        weights[f'{fpn}{keras}/separable_conv2d_bn_offset'] = value(out_c)
+    weights[f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp'] = value(3, 3, 24, 1)
+    weights[f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp_1'] = value(1, 1, 24, 96)
+    weights[f'{head}separable_conv2d_4/BiasAdd/ReadVariableOp'] = value(96)
+    weights[f'{head}conv2d_5/Conv2D/ReadVariableOp'] = value(1, 1, 96, 17)
+    weights[f'{head}conv2d_5/BiasAdd/ReadVariableOp'] = value(17)
     return weights
 
 
@@ -173,6 +200,77 @@ def test_import_cli_writes_a_checkpoint_the_body_loads(tmp_path):
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def _numpy_upsample2x_half_pixel(x: np.ndarray) -> np.ndarray:
+    """TF ResizeBilinear (half_pixel_centers=True, align_corners=False) to twice the size, in numpy."""
+    def axis_weights(n: int) -> np.ndarray:
+        source = np.clip((np.arange(2 * n) + 0.5) / 2 - 0.5, 0, n - 1)
+        low = np.floor(source).astype(int)
+        high = np.minimum(low + 1, n - 1)
+        matrix = np.zeros((2 * n, n))
+        matrix[np.arange(2 * n), low] += 1 - (source - low)
+        matrix[np.arange(2 * n), high] += source - low
+        return matrix
+
+    rows, cols = axis_weights(x.shape[2]), axis_weights(x.shape[3])
+    return np.einsum('yh,bchw,xw->bcyx', rows, x, cols)
+
+
+def _numpy_movenet_decoder(weights: dict[str, np.ndarray], maps: list[np.ndarray]) -> tuple:
+    """MoveNet's pyramid and heatmap head as its graph computes them, straight on the HWIO tensors."""
+    fpn, head = pi.FPN_PREFIX, pi.HEATMAP_HEAD_PREFIX
+
+    def conv1x1(x, kernel, bias):
+        return np.einsum('bihw,io->bohw', x, kernel[0, 0]) + bias[None, :, None, None]
+
+    def depthwise_same(x, kernel):   # 3x3, stride 1, 'SAME' = one zero row/column on every side
+        padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+        height, width = x.shape[2:]
+        return sum(padded[:, :, a:a + height, b:b + width] * kernel[a, b, :, 0][None, :, None, None]
+                   for a in range(3) for b in range(3))
+
+    def separable(x, name):
+        x = depthwise_same(x, weights[f'{fpn}{name}/separable_conv2d/ReadVariableOp'])
+        return np.maximum(conv1x1(x, weights[f'{fpn}{name}/separable_conv2d_weights'],
+                                  weights[f'{fpn}{name}/separable_conv2d_bn_offset']), 0)
+
+    def lateral(x, name):
+        return conv1x1(x, weights[f'{fpn}{name}/Conv2D/ReadVariableOp'], weights[f'{fpn}{name}/BiasAdd/ReadVariableOp'])
+
+    stride4, stride8, stride16, stride32 = maps
+    top = separable(_numpy_upsample2x_half_pixel(lateral(stride32, 'conv2d')) + lateral(stride16, 'conv2d_1'),
+                    'separable_conv2d')
+    top = separable(_numpy_upsample2x_half_pixel(top) + lateral(stride8, 'conv2d_2'), 'separable_conv2d_1')
+    features = separable(_numpy_upsample2x_half_pixel(top) + lateral(stride4, 'conv2d_3'), 'separable_conv2d_2')
+    hidden = depthwise_same(features, weights[f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp'])
+    hidden = np.maximum(conv1x1(hidden, weights[f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp_1'],
+                                weights[f'{head}separable_conv2d_4/BiasAdd/ReadVariableOp']), 0)
+    logits = conv1x1(hidden, weights[f'{head}conv2d_5/Conv2D/ReadVariableOp'],
+                     weights[f'{head}conv2d_5/BiasAdd/ReadVariableOp'])
+    return features, logits
+
+
+def test_imported_decoder_matches_movenets_graph_in_numpy(tmp_path):
+    from occluded_ppe_ros import cli
+    from occluded_ppe_ros.model.backbone import MoveNetKeypointDecoder, load_movenet_decoder
+
+    weights = synthetic_movenet_weights(1.0, seed=5)
+    write_tfjs_model(tmp_path, 'movenet-lightning', weights, 'https://tfhub.dev/google/movenet/singlepose/lightning/4')
+    assert cli.main(['import-pretrained', '--source', str(tmp_path), '--model', 'movenet-lightning',
+                     '--output-dir', str(tmp_path / 'out')]) == 0
+    decoder = MoveNetKeypointDecoder(24, 32, 64, 1280)
+    load_movenet_decoder(decoder, tmp_path / 'out' / 'movenet_lightning_mobilenet_v2.pt')
+    rng = np.random.default_rng(2)
+    # body maps of a 128 x 160 input: strides 4, 8, 16 (features[10], 64 channels) and 32
+    maps = [rng.normal(0, 1, (1, channels, 128 // stride, 160 // stride)).astype(np.float32)
+            for channels, stride in ((24, 4), (32, 8), (64, 16), (1280, 32))]
+    with torch.no_grad():
+        features, logits = decoder(*(torch.from_numpy(m) for m in maps))
+    expected_features, expected_logits = _numpy_movenet_decoder(weights, maps)
+    assert features.shape == (1, 24, 32, 40) and logits.shape == (1, 17, 32, 40)
+    np.testing.assert_allclose(features.numpy(), expected_features, rtol=1e-4, atol=1e-3)
+    np.testing.assert_allclose(logits.numpy(), expected_logits, rtol=1e-4, atol=1e-3)
+
+
 def test_import_refuses_a_model_that_is_not_movenet(tmp_path):
     write_tfjs_model(tmp_path, 'movenet-lightning', synthetic_movenet_weights(1.0), 'https://example.org/other')
     with pytest.raises(ValueError, match='not Google MoveNet'):
@@ -229,3 +327,49 @@ def test_imported_lightning_backbone_matches_the_original_model():
     # The check is sensitive: torchvision's symmetric padding shifts every map (differences of order 1).
     symmetric = features(False)
     assert float(np.abs(symmetric[-1].numpy() - reference[keys[-1]]).max()) > 1.0
+
+
+def test_committed_multipose_decoder_finds_the_joints_movenet_finds():
+    """Our import of MultiPose's pyramid and heatmap head vs the original model (its ONNX conversion).
+
+    On a real photo the original model's keypoints (its own decoding: heatmap peak refined by its offset
+    head) must sit on peaks of our heatmaps: for every joint it scores >= 0.3, the peak of our heatmap
+    in the 7 x 7 cells around the joint is at most one stride-4 cell away from it.
+    """
+    import cv2
+    import onnxruntime as ort
+
+    from occluded_ppe_ros.model.backbone import Encoder
+    from occluded_ppe_ros.model.config import FPNConfig
+    from occluded_ppe_ros.peers import resize_long_side
+
+    checkpoint = PRETRAINED_DIR / 'movenet_multipose_mobilenet_v2_x1.5.pt'
+    onnx_path = REPO_ROOT / 'models' / 'peers' / 'movenet_multipose.onnx'
+    photo = REPO_ROOT / 'samples' / '000000129648.jpg'
+    if not (checkpoint.is_file() and onnx_path.is_file() and photo.is_file()):
+        pytest.skip('needs the committed MultiPose checkpoint, its ONNX peer and samples/000000129648.jpg')
+    canvas, _ = resize_long_side(cv2.imread(str(photo))[:, :, ::-1].copy(), 256)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = ort.InferenceSession(str(onnx_path), options)
+    rows = session.run(None, {session.get_inputs()[0].name: canvas[None].astype(np.int32)})[0][0]
+    joints = rows[np.argmax(rows[:, 55]), :51].reshape(17, 3)   # the best person: (y, x, score) normalised
+
+    encoder = Encoder(BackboneConfig(name='mobilenet_v2', width_mult=1.5, tf_same_padding=True,
+                                     frozen_batchnorm=True, pretrained_path=str(checkpoint)),
+                      FPNConfig(channels=16, movenet_keypoint_features=True)).eval()
+    with torch.no_grad():
+        output = encoder(torch.from_numpy(canvas).permute(2, 0, 1)[None].float() / 255)
+    assert output.shape[1] == 16 + 24 + 17
+    heatmaps = output[0, -17:].numpy()
+    confident = np.flatnonzero(joints[:, 2] >= 0.3)
+    assert len(confident) >= 10   # measured: 12 of 17 on this photo
+    for joint in confident:
+        # cell (row, col) of the joint: cell centres sit at (index + 0.5) * 4 pixels
+        row = joints[joint, 0] * canvas.shape[0] / 4 - 0.5
+        col = joints[joint, 1] * canvas.shape[1] / 4 - 0.5
+        top, left = max(0, round(row) - 3), max(0, round(col) - 3)
+        window = heatmaps[joint, top:round(row) + 4, left:round(col) + 4]
+        peak_row, peak_col = np.unravel_index(np.argmax(window), window.shape)
+        assert abs(top + peak_row - row) <= 1.0 and abs(left + peak_col - col) <= 1.0, joint
+        assert window.max() >= 0.3, joint

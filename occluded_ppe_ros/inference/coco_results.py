@@ -8,7 +8,9 @@ results merged into one record, which `COCO.loadRes` accepts):
     segmentation RLE of the visible mask pasted into the full image ({'size': [H, W], 'counts': str})
     keypoints    51 numbers: COCO's 17-slot layout, x, y, score per joint, zeros for eyes and ears
     score        detection confidence
-plus our own `keypoints_occluded` (13 0/1 flags, skeleton order), which COCO tools ignore.
+plus two fields of our own, which COCO tools ignore: `keypoints_occluded` (13 0/1 flags, skeleton
+order) and `pose_score` (`Pedestrian.pose_score`: detection confidence x mean confident joint score),
+the score our keypoint evaluation ranks people by (`evaluate_coco`).
 
 This module is ROS-free and training-free: the offline `ppe infer` and the evaluation share it.
 """
@@ -66,6 +68,7 @@ def pedestrian_to_coco_result(image_id: int, pedestrian: Pedestrian, image_size:
         'keypoints': [float(v) for v in coco13_to_17(joints13).reshape(-1)],
         'keypoints_occluded': [int(bool(v)) for v in np.asarray(pedestrian.keypoint_occluded).reshape(-1)],
         'score': float(pedestrian.score),
+        'pose_score': pedestrian.pose_score(),
     }
 
 

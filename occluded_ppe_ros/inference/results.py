@@ -13,6 +13,10 @@ import numpy as np
 from occluded_ppe_ros.skeleton import NUM_KEYPOINTS
 
 
+# Joints below this score do not count toward `Pedestrian.pose_score` (HRNet's `in_vis_thre`).
+POSE_SCORE_JOINT_THRESHOLD = 0.2
+
+
 @dataclass
 class Pedestrian:
     """One detected pedestrian.
@@ -56,6 +60,17 @@ class Pedestrian:
         x0, y0 = self.mask_origin
         return np.array([x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1],
                         dtype=np.float32)
+
+    def pose_score(self, joint_threshold: float = POSE_SCORE_JOINT_THRESHOLD) -> float:
+        """Confidence in the whole pose: `score` x the mean of the joint scores >= `joint_threshold`.
+
+        0 when no joint reaches the threshold. This is the instance score of top-down keypoint
+        evaluation (Xiao et al., Simple Baselines, 2018; HRNet's evaluation code): COCO keypoint AP ranks
+        people by it, so a well-found box with a doubtful pose does not rank above a sure pose.
+        """
+        scores = np.asarray(self.keypoint_scores, dtype=np.float64)
+        confident = scores[scores >= joint_threshold]
+        return float(self.score * confident.mean()) if confident.size else 0.0
 
     @property
     def visibility_ratio(self) -> float:

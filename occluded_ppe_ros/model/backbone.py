@@ -131,15 +131,25 @@ class Body(nn.Module):
             modules = stages[stage]
         return [parameter for module in modules for parameter in module.parameters()]
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Args: x float [B, 3, H, W] normalised. Returns 4 maps at strides 4, 8, 16, 32."""
+    def forward(self, x: torch.Tensor, tap: int | None = None) -> list[torch.Tensor]:
+        """Run the body.
+
+        Args:
+            x: float [B, 3, H, W] normalised.
+            tap: MobileNetV2 only: also return the output of `features[tap]` (an inner block).
+
+        Returns:
+            4 maps at strides 4, 8, 16, 32, then the tapped map when `tap` is given.
+        """
         if self.name == 'mobilenet_v2':
-            outputs = []
+            outputs, tapped = [], []
             for start, end in _MOBILENET_STAGES:
                 for index in range(start, end):
                     x = self.features[index](x)
+                    if index == tap:
+                        tapped.append(x)
                 outputs.append(x)
-            return outputs
+            return outputs + tapped
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         c2 = self.layer1(x)
         c3 = self.layer2(c2)
@@ -204,8 +214,84 @@ class FPN(nn.Module):
         return self.output(top)
 
 
+class SeparableConv(nn.Module):
+    """3x3 depthwise conv (no bias), 1x1 pointwise conv with bias, ReLU: Keras' SeparableConv2D as MoveNet."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
+        self.pointwise = nn.Conv2d(in_channels, out_channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, in, h, w] -> [B, out, h, w]."""
+        return torch.relu(self.pointwise(self.depthwise(x)))
+
+
+class MoveNetKeypointDecoder(nn.Module):
+    """MoveNet's own feature pyramid and keypoint-heatmap head (`fpn.movenet_keypoint_features`).
+
+    As in MoveNet's graph (weights from `ppe import-pretrained`, `pretrained_import.movenet_decoder_state_dict`):
+    a 1x1 lateral on the stride-32 output, bilinear 2x upsampling (TF half-pixel centres = torch
+    align_corners=False), + the 1x1 lateral of `features[10]` (Keras block_9, stride 16), separable conv
+    to 32 channels; the same at stride 8 (`features[6]`, to 24 channels) and stride 4 (`features[3]`,
+    24 channels). The heatmap head is a separable conv to 96 channels and a 1x1 conv to MoveNet's 17 COCO
+    keypoint logits.
+    """
+
+    STRIDE16_TAP = 10          # features[10]: Keras block_9, the stride-16 map MoveNet's pyramid reads
+
+    def __init__(self, stride4_channels: int, stride8_channels: int, stride16_channels: int,
+                 stride32_channels: int) -> None:
+        super().__init__()
+        self.lateral32 = nn.Conv2d(stride32_channels, 64, 1)
+        self.lateral16 = nn.Conv2d(stride16_channels, 64, 1)
+        self.fuse16 = SeparableConv(64, 32)
+        self.lateral8 = nn.Conv2d(stride8_channels, 32, 1)
+        self.fuse8 = SeparableConv(32, 24)
+        self.lateral4 = nn.Conv2d(stride4_channels, 24, 1)
+        self.fuse4 = SeparableConv(24, 24)
+        self.heatmap = nn.Sequential()
+        self.heatmap.add_module('depthwise', nn.Conv2d(24, 24, 3, padding=1, groups=24, bias=False))
+        self.heatmap.add_module('pointwise', nn.Conv2d(24, 96, 1))
+        self.heatmap.add_module('relu', nn.ReLU())
+        self.heatmap.add_module('output', nn.Conv2d(96, 17, 1))
+        self.out_channels = 24 + 17
+
+    @staticmethod
+    def _up(x: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        return F.interpolate(x, size=like.shape[-2:], mode='bilinear', align_corners=False)
+
+    def forward(self, stride4: torch.Tensor, stride8: torch.Tensor, stride16: torch.Tensor,
+                stride32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Body maps (stride16 = `features[10]`'s) -> (features [B, 24, H/4, W/4], logits [B, 17, H/4, W/4])."""
+        lateral16 = self.lateral16(stride16)
+        top = self.fuse16(lateral16 + self._up(self.lateral32(stride32), lateral16))
+        lateral8 = self.lateral8(stride8)
+        top = self.fuse8(lateral8 + self._up(top, lateral8))
+        lateral4 = self.lateral4(stride4)
+        features = self.fuse4(lateral4 + self._up(top, lateral4))
+        return features, self.heatmap(features)
+
+
+def load_movenet_decoder(decoder: MoveNetKeypointDecoder, path: str | Path) -> None:
+    """Load `decoder_state_dict` of a `ppe import-pretrained` checkpoint into `decoder` (all keys)."""
+    checkpoint = torch.load(Path(path), map_location='cpu', weights_only=True)
+    state = checkpoint.get('decoder_state_dict') if isinstance(checkpoint, dict) else None
+    if state is None:
+        raise ValueError(f'{path} holds no MoveNet decoder (decoder_state_dict), which '
+                         'fpn.movenet_keypoint_features needs; re-run `ppe import-pretrained`')
+    try:
+        decoder.load_state_dict({key: value.float() for key, value in state.items()})
+    except RuntimeError as error:
+        raise ValueError(f'the MoveNet decoder in {path} does not fit this body: {error}') from None
+
+
 class Encoder(nn.Module):
-    """E_C or E_M: input normalisation, body, FPN. images [B, 3, H, W] in [0, 1] -> [B, C, H/s, W/s]."""
+    """E_C or E_M: input normalisation, body, FPN. images [B, 3, H, W] in [0, 1] -> [B, C, H/s, W/s].
+
+    With `fpn.movenet_keypoint_features` the output is [FPN output | MoveNet's 24 stride-4 features |
+    its 17 keypoint heatmaps in [0, 1]] along the channels (`MoveNetKeypointDecoder`, frozen).
+    """
 
     def __init__(self, backbone: BackboneConfig, fpn: FPNConfig) -> None:
         super().__init__()
@@ -214,10 +300,25 @@ class Encoder(nn.Module):
         self.fpn = FPN(self.body.out_channels, fpn)
         self.out_channels = self.fpn.out_channels
         self.stride = self.fpn.stride
+        self.keypoint_decoder = None
+        if fpn.movenet_keypoint_features:
+            tap_channels = self.body.features[MoveNetKeypointDecoder.STRIDE16_TAP].out_channels
+            c4, c8, _, c32 = self.body.out_channels
+            self.keypoint_decoder = MoveNetKeypointDecoder(c4, c8, tap_channels, c32)
+            if backbone.pretrained_path:
+                load_movenet_decoder(self.keypoint_decoder, backbone.pretrained_path)
+            # frozen: MoveNet's maps are an input the heads learn to read, not something they retrain
+            self.keypoint_decoder.requires_grad_(False)
+            self.out_channels += self.keypoint_decoder.out_channels
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Args: images float [B, 3, H, W] RGB in [0, 1], H and W multiples of 32."""
-        return self.fpn(self.body(self.normalize(images)))
+        normalized = self.normalize(images)
+        if self.keypoint_decoder is None:
+            return self.fpn(self.body(normalized))
+        c4, c8, c16, c32, tap = self.body(normalized, tap=MoveNetKeypointDecoder.STRIDE16_TAP)
+        features, heatmap_logits = self.keypoint_decoder(c4, c8, tap, c32)
+        return torch.cat([self.fpn([c4, c8, c16, c32]), features, torch.sigmoid(heatmap_logits)], 1)
 
 
 def _groups(channels: int) -> int:

@@ -73,10 +73,18 @@ class FPNConfig:
     Attributes:
         channels: channels of every pyramid level and of the output map.
         output_stride: stride of the single output map every decoder reads (4 or 8).
+        movenet_keypoint_features: also run MoveNet's own feature pyramid and keypoint-heatmap head
+            (`backbone.MoveNetKeypointDecoder`, frozen; loaded from `backbone.pretrained_path` where set,
+            which must then come from `ppe import-pretrained`, else from the model checkpoint) and
+            append its 24 stride-4 features and 17 COCO keypoint heatmaps (sigmoid) to the output map:
+            every decoder then reads `channels + 41` channels. MoveNet was trained to find joints on COCO
+            people; its maps say which joint is where, and left from right, which our heads otherwise
+            learn from scratch. Needs a MobileNetV2 body with MoveNet weights and `output_stride` 4.
     """
 
     channels: int = 128
     output_stride: int = 4
+    movenet_keypoint_features: bool = False
 
 
 @dataclass
@@ -247,6 +255,9 @@ class ModelConfig:
             raise ValueError(f'backbone.frozen_stages must be in 0..4, got {b.frozen_stages}')
         if self.fpn.output_stride not in (4, 8):
             raise ValueError(f'fpn.output_stride must be 4 or 8, got {self.fpn.output_stride}')
+        if self.fpn.movenet_keypoint_features and (b.name != 'mobilenet_v2' or self.fpn.output_stride != 4):
+            raise ValueError('fpn.movenet_keypoint_features needs backbone.name mobilenet_v2 and '
+                             f'fpn.output_stride 4; got {b.name!r} and {self.fpn.output_stride}')
         if self.mask.resolution != 2 * self.mask.roi_size:
             raise ValueError(f'mask.resolution ({self.mask.resolution}) must be 2 * mask.roi_size '
                              f'({self.mask.roi_size}): the decoder has one 2x deconvolution')

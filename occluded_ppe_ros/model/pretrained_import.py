@@ -25,6 +25,9 @@ onto torchvision's `mobilenet_v2().features`:
 The checkpoint (torch.load(path, weights_only=True)) is a dict:
     format          'occluded_ppe/pretrained_backbone/1'
     state_dict      torchvision `features.*` names (what `BackboneConfig.pretrained_path` loads)
+    decoder_state_dict  MoveNet's feature pyramid and keypoint-heatmap head in
+                    `backbone.MoveNetKeypointDecoder` names (what `fpn.movenet_keypoint_features` loads;
+                    absent from checkpoints written before 2026-11-25)
     backbone, width_mult, tf_same_padding, input_scaling, normalization
     source_model, source_url, source_package, licence, attribution
 """
@@ -266,6 +269,77 @@ def check_against_torchvision(state: dict[str, np.ndarray], width_mult: float, s
 
 
 # ----------------------------------------------------------------------------------------------------
+# MoveNet's feature pyramid and keypoint-heatmap head -> backbone.MoveNetKeypointDecoder
+# ----------------------------------------------------------------------------------------------------
+
+FPN_PREFIX = 'StatefulPartitionedCall/center_net_mobile_net_v2fpn_feature_extractor/model_1/'
+HEATMAP_HEAD_PREFIX = 'StatefulPartitionedCall/kpt_heatmap_0/'
+
+# Keras FPN layer -> decoder module. MoveNet's graph (model.json topology): a 1x1 lateral on the stride-32
+# output, bilinear 2x upsampling (half-pixel centres), + 1x1 lateral of block_9 (stride 16), then a
+# separable conv (3x3 depthwise, 1x1 pointwise + folded BN offset, ReLU); the same at strides 8 (block_5)
+# and 4 (block_2).
+_DECODER_LATERALS = (('conv2d', 'lateral32'), ('conv2d_1', 'lateral16'), ('conv2d_2', 'lateral8'),
+                     ('conv2d_3', 'lateral4'))
+_DECODER_FUSES = (('separable_conv2d', 'fuse16'), ('separable_conv2d_1', 'fuse8'),
+                  ('separable_conv2d_2', 'fuse4'))
+
+
+def _hwio_to_oihw(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
+    """TF kernel -> torch: [kh, kw, in, out] -> [out, in, kh, kw]; depthwise [kh, kw, C, 1] -> [C, 1, kh, kw]."""
+    order = (2, 3, 0, 1) if depthwise else (3, 2, 0, 1)
+    return np.ascontiguousarray(kernel.transpose(order))
+
+
+def movenet_decoder_state_dict(weights: dict[str, np.ndarray], source: str = 'model',
+                               weight_dtype: np.dtype = np.float16) -> dict[str, np.ndarray]:
+    """Map MoveNet's FPN and keypoint-heatmap head onto `backbone.MoveNetKeypointDecoder` names.
+
+    Args:
+        weights: name -> array from `read_tfjs_model`.
+        source: the model's name, for error messages.
+        weight_dtype: dtype of the kernels and biases written (the TF.js file stores float16).
+
+    Returns:
+        decoder key -> array (OIHW kernels): `lateral{32,16,8,4}.{weight,bias}`,
+        `fuse{16,8,4}.{depthwise,pointwise}.weight` + `.pointwise.bias`, and
+        `heatmap.{depthwise,pointwise,output}` (pointwise and output with biases).
+    """
+    def get(name: str, ndim: int) -> np.ndarray:
+        if name not in weights:
+            raise ValueError(f'{source}: decoder tensor {name} is missing; is this a MoveNet model?')
+        if weights[name].ndim != ndim:
+            raise ValueError(f'{source}: {name} has shape {weights[name].shape}, expected {ndim} dimensions')
+        return weights[name]
+
+    state: dict[str, np.ndarray] = {}
+    for keras, module in _DECODER_LATERALS:
+        state[f'{module}.weight'] = _hwio_to_oihw(get(f'{FPN_PREFIX}{keras}/Conv2D/ReadVariableOp', 4), False)
+        state[f'{module}.bias'] = get(f'{FPN_PREFIX}{keras}/BiasAdd/ReadVariableOp', 1)
+    for keras, module in _DECODER_FUSES:
+        state[f'{module}.depthwise.weight'] = _hwio_to_oihw(
+            get(f'{FPN_PREFIX}{keras}/separable_conv2d/ReadVariableOp', 4), True)
+        state[f'{module}.pointwise.weight'] = _hwio_to_oihw(
+            get(f'{FPN_PREFIX}{keras}/separable_conv2d_weights', 4), False)
+        state[f'{module}.pointwise.bias'] = get(f'{FPN_PREFIX}{keras}/separable_conv2d_bn_offset', 1)
+    # The head's layer numbers differ between models (separable_conv2d_4 / conv2d_5 in Lightning,
+    # _6 / _7 in MultiPose): find them by pattern.
+    head = {name[len(HEATMAP_HEAD_PREFIX):]: name for name in weights if name.startswith(HEATMAP_HEAD_PREFIX)}
+    separable = sorted({key.split('/')[0] for key in head if key.startswith('separable_conv2d')})
+    output = sorted({key.split('/')[0] for key in head if key.startswith('conv2d')})
+    if len(separable) != 1 or len(output) != 1:
+        raise ValueError(f'{source}: expected one separable conv and one conv under {HEATMAP_HEAD_PREFIX}, '
+                         f'found {separable} and {output}')
+    sep, out = HEATMAP_HEAD_PREFIX + separable[0], HEATMAP_HEAD_PREFIX + output[0]
+    state['heatmap.depthwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp', 4), True)
+    state['heatmap.pointwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp_1', 4), False)
+    state['heatmap.pointwise.bias'] = get(f'{sep}/BiasAdd/ReadVariableOp', 1)
+    state['heatmap.output.weight'] = _hwio_to_oihw(get(f'{out}/Conv2D/ReadVariableOp', 4), False)
+    state['heatmap.output.bias'] = get(f'{out}/BiasAdd/ReadVariableOp', 1)
+    return {key: value.astype(weight_dtype) for key, value in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------
 
@@ -275,9 +349,11 @@ def build_checkpoint(model_json: dict, weights: dict[str, np.ndarray], model: So
 
     state = mobilenet_v2_state_dict(weights, model.name)
     check_against_torchvision(state, model.width_mult, model.name)
+    decoder = movenet_decoder_state_dict(weights, model.name)
     return {
         'format': CHECKPOINT_FORMAT,
         'state_dict': {key: torch.from_numpy(np.array(value)) for key, value in state.items()},
+        'decoder_state_dict': {key: torch.from_numpy(np.array(value)) for key, value in decoder.items()},
         'backbone': 'mobilenet_v2',
         'width_mult': float(model.width_mult),
         'tf_same_padding': True,
@@ -310,8 +386,10 @@ def load_pretrained_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get('format') != CHECKPOINT_FORMAT:
         found = checkpoint.get('format') if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f'{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r})')
-    checkpoint['state_dict'] = {key: value.float() if value.is_floating_point() else value
-                                for key, value in checkpoint['state_dict'].items()}
+    for key in ('state_dict', 'decoder_state_dict'):
+        if key in checkpoint:
+            checkpoint[key] = {name: value.float() if value.is_floating_point() else value
+                               for name, value in checkpoint[key].items()}
     return checkpoint
 
 

@@ -222,5 +222,25 @@ def evaluate_coco(gt_dataset: dict, results: list[dict], iou_types: list[str] | 
     """
     iou_types = applicable_iou_types(gt_dataset, results) if iou_types is None else list(iou_types)
     coco_gt = coco_from_dict(reduce_ground_truth_to_13(gt_dataset))
-    coco_dt = load_results(coco_gt, reduce_results_to_13(results))
-    return {iou_type: run_cocoeval(coco_gt, coco_dt, iou_type, image_ids) for iou_type in iou_types}
+    reduced = reduce_results_to_13(results)
+    metrics = {}
+    for iou_type in iou_types:
+        ranked = pose_ranked(reduced) if iou_type == 'keypoints' else reduced
+        metrics[iou_type] = run_cocoeval(coco_gt, load_results(coco_gt, ranked), iou_type, image_ids)
+    return metrics
+
+
+def pose_ranked(results: list[dict]) -> list[dict]:
+    """Results whose `score` is their `pose_score` where they have one (keypoint AP ranks by pose).
+
+    Boxes and masks keep the detection score; for keypoints, top-down methods rank each person by box
+    score x mean confident joint score (`Pedestrian.pose_score`). Results without `pose_score` (files
+    from other tools) keep their `score`.
+    """
+    if not any('pose_score' in result for result in results):
+        return results
+    ranked = copy.deepcopy(results)
+    for result in ranked:
+        if 'pose_score' in result:
+            result['score'] = float(result['pose_score'])
+    return ranked
