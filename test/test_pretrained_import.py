@@ -234,16 +234,19 @@ def _numpy_movenet_decoder(weights: dict[str, np.ndarray], maps: list[np.ndarray
                                   weights[f'{fpn}{name}/separable_conv2d_bn_offset']), 0)
 
     def lateral(x, name):
-        return conv1x1(x, weights[f'{fpn}{name}/Conv2D/ReadVariableOp'], weights[f'{fpn}{name}/BiasAdd/ReadVariableOp'])
+        return conv1x1(x, weights[f'{fpn}{name}/Conv2D/ReadVariableOp'],
+                       weights[f'{fpn}{name}/BiasAdd/ReadVariableOp'])
 
     stride4, stride8, stride16, stride32 = maps
     top = separable(_numpy_upsample2x_half_pixel(lateral(stride32, 'conv2d')) + lateral(stride16, 'conv2d_1'),
                     'separable_conv2d')
     top = separable(_numpy_upsample2x_half_pixel(top) + lateral(stride8, 'conv2d_2'), 'separable_conv2d_1')
-    features = separable(_numpy_upsample2x_half_pixel(top) + lateral(stride4, 'conv2d_3'), 'separable_conv2d_2')
+    features = separable(_numpy_upsample2x_half_pixel(top) + lateral(stride4, 'conv2d_3'),
+                         'separable_conv2d_2')
     hidden = depthwise_same(features, weights[f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp'])
-    hidden = np.maximum(conv1x1(hidden, weights[f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp_1'],
-                                weights[f'{head}separable_conv2d_4/BiasAdd/ReadVariableOp']), 0)
+    pointwise = f'{head}separable_conv2d_4/separable_conv2d/ReadVariableOp_1'
+    bias = f'{head}separable_conv2d_4/BiasAdd/ReadVariableOp'
+    hidden = np.maximum(conv1x1(hidden, weights[pointwise], weights[bias]), 0)
     logits = conv1x1(hidden, weights[f'{head}conv2d_5/Conv2D/ReadVariableOp'],
                      weights[f'{head}conv2d_5/BiasAdd/ReadVariableOp'])
     return features, logits

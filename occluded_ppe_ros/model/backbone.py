@@ -230,7 +230,8 @@ class SeparableConv(nn.Module):
 class MoveNetKeypointDecoder(nn.Module):
     """MoveNet's own feature pyramid and keypoint-heatmap head (`fpn.movenet_keypoint_features`).
 
-    As in MoveNet's graph (weights from `ppe import-pretrained`, `pretrained_import.movenet_decoder_state_dict`):
+    As in MoveNet's graph (weights from `ppe import-pretrained`,
+    `pretrained_import.movenet_decoder_state_dict`):
     a 1x1 lateral on the stride-32 output, bilinear 2x upsampling (TF half-pixel centres = torch
     align_corners=False), + the 1x1 lateral of `features[10]` (Keras block_9, stride 16), separable conv
     to 32 channels; the same at stride 8 (`features[6]`, to 24 channels) and stride 4 (`features[3]`,
@@ -263,7 +264,11 @@ class MoveNetKeypointDecoder(nn.Module):
 
     def forward(self, stride4: torch.Tensor, stride8: torch.Tensor, stride16: torch.Tensor,
                 stride32: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Body maps (stride16 = `features[10]`'s) -> (features [B, 24, H/4, W/4], logits [B, 17, H/4, W/4])."""
+        """Body maps (stride16 = `features[10]`'s) -> (features [B, 24, H/4, W/4], logits [B, 17, H/4, W/4]).
+
+        Returns:
+            (MoveNet's stride-4 features, its 17 COCO keypoint heatmap logits).
+        """
         lateral16 = self.lateral16(stride16)
         top = self.fuse16(lateral16 + self._up(self.lateral32(stride32), lateral16))
         lateral8 = self.lateral8(stride8)

@@ -286,7 +286,7 @@ _DECODER_FUSES = (('separable_conv2d', 'fuse16'), ('separable_conv2d_1', 'fuse8'
 
 
 def _hwio_to_oihw(kernel: np.ndarray, depthwise: bool) -> np.ndarray:
-    """TF kernel -> torch: [kh, kw, in, out] -> [out, in, kh, kw]; depthwise [kh, kw, C, 1] -> [C, 1, kh, kw]."""
+    """TF kernel -> torch: HWIO [kh, kw, in, out] -> OIHW; depthwise [kh, kw, C, 1] -> [C, 1, kh, kw]."""
     order = (2, 3, 0, 1) if depthwise else (3, 2, 0, 1)
     return np.ascontiguousarray(kernel.transpose(order))
 
@@ -332,7 +332,8 @@ def movenet_decoder_state_dict(weights: dict[str, np.ndarray], source: str = 'mo
                          f'found {separable} and {output}')
     sep, out = HEATMAP_HEAD_PREFIX + separable[0], HEATMAP_HEAD_PREFIX + output[0]
     state['heatmap.depthwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp', 4), True)
-    state['heatmap.pointwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp_1', 4), False)
+    state['heatmap.pointwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp_1', 4),
+                                                      False)
     state['heatmap.pointwise.bias'] = get(f'{sep}/BiasAdd/ReadVariableOp', 1)
     state['heatmap.output.weight'] = _hwio_to_oihw(get(f'{out}/Conv2D/ReadVariableOp', 4), False)
     state['heatmap.output.bias'] = get(f'{out}/BiasAdd/ReadVariableOp', 1)
