@@ -280,13 +280,14 @@ class MoveNetKeypointDecoder(nn.Module):
 
 def load_movenet_decoder(decoder: MoveNetKeypointDecoder, path: str | Path) -> None:
     """Load `decoder_state_dict` of a `ppe import-pretrained` checkpoint into `decoder` (all keys)."""
-    checkpoint = torch.load(Path(path), map_location='cpu', weights_only=True)
-    state = checkpoint.get('decoder_state_dict') if isinstance(checkpoint, dict) else None
+    from occluded_ppe_ros.model.pretrained_import import load_pretrained_checkpoint
+
+    state = load_pretrained_checkpoint(path).get('decoder_state_dict')   # validated, float32
     if state is None:
         raise ValueError(f'{path} holds no MoveNet decoder (decoder_state_dict), which '
                          'fpn.movenet_keypoint_features needs; re-run `ppe import-pretrained`')
     try:
-        decoder.load_state_dict({key: value.float() for key, value in state.items()})
+        decoder.load_state_dict(state)
     except RuntimeError as error:
         raise ValueError(f'the MoveNet decoder in {path} does not fit this body: {error}') from None
 

@@ -237,10 +237,6 @@ def pose_ranked(results: list[dict]) -> list[dict]:
     score x mean confident joint score (`Pedestrian.pose_score`). Results without `pose_score` (files
     from other tools) keep their `score`.
     """
-    if not any('pose_score' in result for result in results):
-        return results
-    ranked = copy.deepcopy(results)
-    for result in ranked:
-        if 'pose_score' in result:
-            result['score'] = float(result['pose_score'])
-    return ranked
+    # shallow record copies: `reduce_results_to_13` and `load_results` already copy deeply
+    return [dict(result, score=float(result['pose_score'])) if 'pose_score' in result else result
+            for result in results]
