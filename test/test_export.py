@@ -79,6 +79,22 @@ def test_dilated_pose_encoder_with_global_context_exports_with_parity(tmp_path):
     assert ok, report
 
 
+def test_window_mean_subcell_decoding_exports_with_parity(tmp_path):
+    """pose.subcell_decoding 'window_mean' (window sums by average pooling, a 4-d gather) in ONNX."""
+    from occluded_ppe_ros.model.network import build_model
+
+    config = copy.deepcopy(TINY_MODEL)
+    config['pose'].update(subcell_decoding='window_mean')
+    torch.manual_seed(3)
+    cfg = ModelConfig.from_dict(config)
+    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny window mean'})
+    path = tmp_path / 'window_mean.onnx'
+    deploy = _export(network, path, (96, 128))
+    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
+                                     intra_op_threads=2)
+    assert ok, report
+
+
 def test_movenet_keypoint_features_export_with_parity(tmp_path):
     """fpn.movenet_keypoint_features (MoveNet's pyramid and heatmap head, bilinear upsampling) in ONNX."""
     from occluded_ppe_ros.model.network import build_model

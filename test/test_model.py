@@ -227,6 +227,33 @@ def test_facing_loss_is_a_pose_term_trained_only_when_weighted():
     assert float(target_losses['loss_pe_facing'].detach()) == 0.0   # no keypoints, no facing label
 
 
+def test_coordinate_loss_is_a_pose_term_trained_only_when_weighted():
+    images = torch.rand(2, 3, HEIGHT, WIDTH)
+    targets = [make_target(2), make_target(1)]
+    assert 'loss_pe_coordinate' not in tiny_model().train()(images, targets, domain='coco', stage=2)
+    model = tiny_model(coordinate_loss_weight=0.5).train()
+    losses = model(images, targets, domain='coco', stage=2)
+    assert set(losses) == STAGE2_KEYS | {'loss_pe_coordinate'} and loss_term('loss_pe_coordinate') == 'pe'
+    assert float(losses['loss_pe_coordinate'].detach()) > 0
+    losses['loss_pe_coordinate'].backward()
+    assert model.pose.decoder[-1].weight.grad.abs().sum() > 0
+    target_losses = model(images, [make_target(2, with_keypoints=False)] * 2, domain='citypersons', stage=2)
+    assert float(target_losses['loss_pe_coordinate'].detach()) == 0.0
+    with pytest.raises(ValueError, match='coordinate_loss_weight.*focal'):
+        ModelConfig.from_dict({'pose': {'coordinate_loss_weight': 1.0, 'heatmap_loss': 'focal'}})
+    with pytest.raises(ValueError, match='coordinate_loss_weight must be >= 0, got -1'):
+        ModelConfig.from_dict({'pose': {'coordinate_loss_weight': -1.0}})
+
+
+def test_subcell_decoding_is_validated_against_the_heatmap_loss():
+    pose = ModelConfig.from_dict({'pose': {'subcell_decoding': 'window_mean'}}).pose
+    assert pose.subcell_decoding == 'window_mean'
+    with pytest.raises(ValueError, match="subcell_decoding 'centroid' is not one of"):
+        ModelConfig.from_dict({'pose': {'subcell_decoding': 'centroid'}})
+    with pytest.raises(ValueError, match="'window_mean' needs pose.heatmap_loss softmax, got 'focal'"):
+        ModelConfig.from_dict({'pose': {'subcell_decoding': 'window_mean', 'heatmap_loss': 'focal'}})
+
+
 def test_empty_batch_still_gives_finite_losses_with_a_graph():
     model = tiny_model().train()
     losses = model(torch.rand(2, 3, HEIGHT, WIDTH), [make_target(0), make_target(0)], domain='coco', stage=2)

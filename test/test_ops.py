@@ -9,8 +9,8 @@ import torchvision
 
 from occluded_ppe_ros.model.config import DetectionConfig, PoseConfig
 from occluded_ppe_ros.model.detection import decode_detections, detection_targets
-from occluded_ppe_ros.model.losses import (gaussian_focal_loss, giou_loss, keypoint_heatmap_loss,
-                                           keypoint_softmax_loss)
+from occluded_ppe_ros.model.losses import (gaussian_focal_loss, giou_loss, keypoint_coordinate_loss,
+                                           keypoint_heatmap_loss, keypoint_softmax_loss)
 from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, dilate_gate,
                                         gaussian_2d, grad_reverse, jitter_boxes,
                                         keypoint_distribution_targets, keypoint_targets, mask_gate,
@@ -149,6 +149,42 @@ def test_decode_heatmaps_softmax_score_is_the_mass_around_the_peak_relative_to_t
         decode_heatmaps(maps, heatmap_loss='softmax2')
 
 
+def test_decode_heatmaps_window_mean_is_the_probability_weighted_position_around_the_peak():
+    generator = torch.Generator().manual_seed(4)
+    maps = torch.randn(2, 3, 12, 10, generator=generator)
+    maps[0, 0, 6, 4] = 9.0                       # main mode ...
+    maps[0, 0, 6, 5] = 8.0                       # ... leaning right
+    maps[0, 0, 1, 1] = 8.5                       # a second mode outside the window: ignored
+    maps[0, 1, 0, 9] = 7.0                       # corner peak: the window keeps the cells that exist
+    xy, scores, flat_index = decode_heatmaps(maps, heatmap_loss='softmax', sigma=1.5, subcell='window_mean')
+    _, quarter_scores, quarter_index = decode_heatmaps(maps, heatmap_loss='softmax', sigma=1.5)
+    assert torch.equal(flat_index, quarter_index) and torch.allclose(scores, quarter_scores)
+    probabilities = torch.softmax(maps.flatten(2), dim=2).reshape(maps.shape)
+    for n in range(2):
+        for j in range(3):
+            row, col = divmod(int(flat_index[n, j]), 10)
+            rows, cols = slice(max(row - 2, 0), row + 3), slice(max(col - 2, 0), col + 3)
+            window = probabilities[n, j, rows, cols]
+            centres_y = torch.arange(12, dtype=torch.float32)[rows, None] + 0.5
+            centres_x = torch.arange(10, dtype=torch.float32)[None, cols] + 0.5
+            expected = [float((window * centres_x).sum() / window.sum()),
+                        float((window * centres_y).sum() / window.sum())]
+            assert xy[n, j].tolist() == pytest.approx(expected, abs=1e-4)
+    assert 4.5 < float(xy[0, 0, 0]) < 5.5 and float(xy[0, 0, 1]) == pytest.approx(6.5, abs=0.05)
+    # a Gaussian target off its cell centre (4.5, 6.5) decodes most of the way to its position; the
+    # window cuts the far tail, which leaves about a third of the offset
+    sigma = torch.tensor([1.5])
+    target = gaussian_2d(torch.tensor([4.2]), torch.tensor([6.9]), sigma, sigma, 12, 10)
+    xy_target, _, _ = decode_heatmaps(torch.log(target)[None], heatmap_loss='softmax', sigma=1.5,
+                                      subcell='window_mean')
+    x, y = xy_target[0, 0].tolist()
+    assert 4.2 < x < 4.5 - 0.5 * 0.3 and 6.5 + 0.5 * 0.4 < y < 6.9
+    with pytest.raises(ValueError, match='subcell must be one of'):
+        decode_heatmaps(maps, subcell='centroid')
+    with pytest.raises(ValueError, match="'window_mean' reads softmax"):
+        decode_heatmaps(maps, heatmap_loss='focal', subcell='window_mean')
+
+
 def test_keypoint_distribution_targets_are_normalised_gaussians_at_the_exact_joint():
     boxes = torch.tensor([[10.0, 20.0, 34.0, 84.0]])           # 24 x 64 px, 16 x 12 map: 2 x 4 px cells
     keypoints = torch.zeros(1, 13, 3)
@@ -187,6 +223,25 @@ def test_keypoint_softmax_loss_is_cross_entropy_over_labelled_joints():
     optimal = torch.log(targets)
     optimal_loss = keypoint_softmax_loss(optimal, targets, valid)
     assert float(optimal_loss) < float(keypoint_softmax_loss(logits, targets, valid))
+
+
+def test_keypoint_coordinate_loss_is_the_l1_distance_of_the_softmax_expectation():
+    logits = torch.full((1, 13, 8, 6), -1e4)
+    logits[0, 0, 2, 3] = 0.0                   # all of joint 0's mass on row 2, col 3: centre (3.5, 2.5)
+    logits[0, 1, 5, [1, 4]] = 0.0              # joint 1 split between two cells of row 5: expectation x 3.0
+    x = torch.zeros(1, 13)
+    y = torch.zeros(1, 13)
+    x[0, 0], y[0, 0] = 3.5, 2.5                # joint 0 exactly at its mass
+    x[0, 1], y[0, 1] = 1.5, 4.5                # joint 1 on one of its modes: |3.0 - 1.5| + |5.5 - 4.5|
+    valid = torch.zeros(1, 13, dtype=torch.bool)
+    valid[0, :2] = True
+    assert float(keypoint_coordinate_loss(logits, x, y, valid)) == pytest.approx((0.0 + 2.5) / 2, abs=1e-5)
+    # unlabelled joints give nothing; a soft map gets a gradient that moves mass toward the joint
+    soft = torch.zeros(1, 13, 8, 6, requires_grad=True)
+    loss = keypoint_coordinate_loss(soft, x, y, valid)
+    loss.backward()
+    assert float(soft.grad[0, 2:].abs().sum()) == 0.0
+    assert float(soft.grad[0, 0, 2, 3]) < 0.0 < float(soft.grad[0, 0, 7, 0])   # raise the joint's cell
 
 
 def test_cells_to_pixels_maps_heatmap_cells_onto_the_box():

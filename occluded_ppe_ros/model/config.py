@@ -25,6 +25,8 @@ DOMAINS: tuple[str, ...] = tuple(BRANCH_CLASS_NAMES)
 
 # Keypoint heatmap losses of the pose stage (PoseConfig.heatmap_loss).
 HEATMAP_LOSSES: tuple[str, ...] = ('softmax', 'focal')
+# How a keypoint is placed inside its heatmap peak cell (ops.decode_heatmaps).
+SUBCELL_DECODINGS: tuple[str, ...] = ('quarter', 'window_mean')
 BACKBONE_NAMES: tuple[str, ...] = (
     'resnet18', 'resnet50', 'resnet101', 'resnext101_32x8d', 'mobilenet_v2')
 NORMALIZATIONS: tuple[str, ...] = ('imagenet', 'symmetric')
@@ -161,6 +163,10 @@ class PoseConfig:
             style; the form of checkpoints written before the softmax form existed). It also sets how a
             joint's score is read at inference (ops.decode_heatmaps).
         heatmap_sigma: Gaussian sigma of the keypoint targets, in heatmap cells.
+        subcell_decoding: how a joint is placed inside its heatmap peak at inference
+            (ops.decode_heatmaps): 'quarter' (a quarter cell toward the larger neighbour, Simple
+            Baselines) or 'window_mean' (the softmax-weighted mean position of the cells around the peak;
+            'softmax' heatmaps only).
         domain_hidden: hidden width of the domain classifier D_C.
         grl_lambda: gradient reversal scale (the gradient reaching E_Pose from D_C is -lambda x).
         source_domain: the domain whose instances carry pose labels (D_Pose learns only from it).
@@ -179,6 +185,11 @@ class PoseConfig:
             keypoints themselves: a person facing the camera has the left shoulder (else hip) on the image
             right. Which way a person faces decides every left/right assignment, and the heatmap loss
             alone teaches it slowly; 0 = off (the paper's L_pe).
+        coordinate_loss_weight: weight inside L_pe of an L1 loss (in heatmap cells) between each labelled
+            joint's position and the expectation of its spatial-softmax heatmap (DSNT / integral
+            regression): it trains the sub-cell position directly and penalises probability mass far
+            from the joint, which the cross-entropy to a Gaussian weighs no more than mass next to it.
+            'softmax' heatmaps only; 0 = off (the paper's L_pe).
         box_jitter: in training, each side of a ground-truth box is moved by up to this fraction of the
             box's width/height (uniform), so the stage learns from boxes as loose as detected ones.
     """
@@ -193,6 +204,7 @@ class PoseConfig:
     decoder_deconvs: int = 2
     heatmap_loss: str = 'softmax'
     heatmap_sigma: float = 2.0
+    subcell_decoding: str = 'quarter'
     domain_hidden: int = 128
     grl_lambda: float = 1.0
     source_domain: str = 'coco'
@@ -201,6 +213,7 @@ class PoseConfig:
     gate_dilation: int = 0
     occlusion_loss_weight: float = 0.5
     facing_loss_weight: float = 0.0
+    coordinate_loss_weight: float = 0.0
     box_jitter: float = 0.05
 
 
@@ -275,10 +288,22 @@ class ModelConfig:
                              f'(one per E_Pose conv), got {dilations}')
         if self.pose.facing_loss_weight < 0:
             raise ValueError(f'pose.facing_loss_weight must be >= 0, got {self.pose.facing_loss_weight}')
+        if self.pose.coordinate_loss_weight < 0:
+            raise ValueError('pose.coordinate_loss_weight must be >= 0, got '
+                             f'{self.pose.coordinate_loss_weight}')
+        if self.pose.coordinate_loss_weight > 0 and self.pose.heatmap_loss != 'softmax':
+            raise ValueError('pose.coordinate_loss_weight needs pose.heatmap_loss softmax (it reads the '
+                             f'softmax expectation), got heatmap_loss {self.pose.heatmap_loss!r}')
         if self.pose.samples_per_instance < 1:
             raise ValueError(f'pose.samples_per_instance must be >= 1, got {self.pose.samples_per_instance}')
         if self.pose.heatmap_loss not in HEATMAP_LOSSES:
             raise ValueError(f'pose.heatmap_loss {self.pose.heatmap_loss!r} is not one of {HEATMAP_LOSSES}')
+        if self.pose.subcell_decoding not in SUBCELL_DECODINGS:
+            raise ValueError(f'pose.subcell_decoding {self.pose.subcell_decoding!r} is not one of '
+                             f'{SUBCELL_DECODINGS}')
+        if self.pose.subcell_decoding == 'window_mean' and self.pose.heatmap_loss != 'softmax':
+            raise ValueError("pose.subcell_decoding 'window_mean' needs pose.heatmap_loss softmax, got "
+                             f'{self.pose.heatmap_loss!r}')
         if self.inference.domain not in BRANCH_CLASS_NAMES:
             raise ValueError(f'inference.domain {self.inference.domain!r} is not one of {DOMAINS}')
         for name in ('input_height', 'input_width'):

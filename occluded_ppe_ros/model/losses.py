@@ -29,6 +29,7 @@ LOSS_TERMS: dict[str, str] = {
     'loss_pe_heatmap': 'pe',
     'loss_pe_occlusion': 'pe',
     'loss_pe_facing': 'pe',
+    'loss_pe_coordinate': 'pe',
 }
 
 
@@ -155,6 +156,34 @@ def keypoint_softmax_loss(heatmap_logits: torch.Tensor, target_distributions: to
     """
     log_probabilities = F.log_softmax(heatmap_logits.flatten(2), dim=2)
     per_joint = -(target_distributions.flatten(2) * log_probabilities).sum(dim=2)
+    weight = valid.to(heatmap_logits.dtype)
+    return (per_joint * weight).sum() / weight.sum().clamp(min=1.0)
+
+
+def keypoint_coordinate_loss(heatmap_logits: torch.Tensor, joint_x: torch.Tensor, joint_y: torch.Tensor,
+                             valid: torch.Tensor) -> torch.Tensor:
+    """L1 distance between each joint and the expectation of its spatial-softmax heatmap, in cells.
+
+    The expectation is differentiable in every cell's logit (DSNT, Nibali et al. 2018; integral
+    regression, Sun et al. 2018), so this trains the sub-cell position directly, and mass far from the
+    joint (a second mode on the other arm) costs in proportion to its distance.
+
+    Args:
+        heatmap_logits: float [N, J, H, W].
+        joint_x, joint_y: float [N, J] exact joint positions in cell coordinates (cell (r, c) centre =
+            (c + 0.5, r + 0.5)), as `ops.joint_cells` gives them.
+        valid: bool [N, J]; unlabelled joints (v = 0 or outside the box) give no loss.
+
+    Returns:
+        scalar: mean over valid joints of |E[x] - x| + |E[y] - y| (cells).
+    """
+    n, j, h, w = heatmap_logits.shape
+    probabilities = F.softmax(heatmap_logits.flatten(2), dim=2).reshape(n, j, h, w)
+    columns = torch.arange(w, dtype=heatmap_logits.dtype, device=heatmap_logits.device) + 0.5
+    rows = torch.arange(h, dtype=heatmap_logits.dtype, device=heatmap_logits.device) + 0.5
+    expected_x = (probabilities.sum(dim=2) * columns).sum(dim=2)
+    expected_y = (probabilities.sum(dim=3) * rows).sum(dim=2)
+    per_joint = (expected_x - joint_x).abs() + (expected_y - joint_y).abs()
     weight = valid.to(heatmap_logits.dtype)
     return (per_joint * weight).sum() / weight.sum().clamp(min=1.0)
 

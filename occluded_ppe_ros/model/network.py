@@ -23,10 +23,11 @@ from torch import nn
 from occluded_ppe_ros.model.backbone import Encoder
 from occluded_ppe_ros.model.config import BRANCH_CLASS_NAMES, ModelConfig
 from occluded_ppe_ros.model.detection import DetectionHead, decode_detections, detection_loss
-from occluded_ppe_ros.model.losses import (domain_loss, facing_labels, facing_loss, keypoint_heatmap_loss,
-                                           keypoint_softmax_loss, mask_loss, occlusion_loss)
+from occluded_ppe_ros.model.losses import (domain_loss, facing_labels, facing_loss, keypoint_coordinate_loss,
+                                           keypoint_heatmap_loss, keypoint_softmax_loss, mask_loss,
+                                           occlusion_loss)
 from occluded_ppe_ros.model.mask_head import MaskHead, mask_targets
-from occluded_ppe_ros.model.ops import (dilate_gate, jitter_boxes, keypoint_distribution_targets,
+from occluded_ppe_ros.model.ops import (dilate_gate, jitter_boxes, joint_cells, keypoint_distribution_targets,
                                         keypoint_targets, mask_gate, random_occlusion_gate, rois_from_boxes,
                                         visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides, soft_visible_gate
@@ -156,6 +157,8 @@ class PPENet(nn.Module):
             losses['loss_pe_occlusion'] = zero
             if self.pose.facing is not None:
                 losses['loss_pe_facing'] = zero
+            if cfg.coordinate_loss_weight > 0:
+                losses['loss_pe_coordinate'] = zero
             return losses
         heatmap_logits, occlusion_logits = self.pose.decode(encoded[use])
         hm_h, hm_w = heatmap_logits.shape[-2:]
@@ -163,6 +166,10 @@ class PPENet(nn.Module):
             heat_targets, valid, flat_index = keypoint_distribution_targets(
                 keypoints_all[use], all_boxes[use], hm_h, hm_w, cfg.heatmap_sigma)
             losses['loss_pe_heatmap'] = keypoint_softmax_loss(heatmap_logits, heat_targets, valid)
+            if cfg.coordinate_loss_weight > 0:
+                joint_x, joint_y, _, _, _ = joint_cells(keypoints_all[use], all_boxes[use], hm_h, hm_w)
+                losses['loss_pe_coordinate'] = cfg.coordinate_loss_weight * keypoint_coordinate_loss(
+                    heatmap_logits, joint_x, joint_y, valid)
         else:
             heat_targets, valid, flat_index = keypoint_targets(keypoints_all[use], all_boxes[use], hm_h, hm_w,
                                                                cfg.heatmap_sigma)

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from occluded_ppe_ros.model.config import HEATMAP_LOSSES
+from occluded_ppe_ros.model.config import HEATMAP_LOSSES, SUBCELL_DECODINGS
 
 
 class ChannelAttention(nn.Module):
@@ -216,14 +216,21 @@ def target_window_mass(sigma: float, radius: int) -> float:
     return float(inside ** 2)
 
 
-def decode_heatmaps(heatmaps: torch.Tensor, heatmap_loss: str = 'softmax', sigma: float = 2.0
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Keypoint locations from heatmap logits: argmax, then a quarter-cell step toward the higher neighbour.
+def decode_heatmaps(heatmaps: torch.Tensor, heatmap_loss: str = 'softmax', sigma: float = 2.0,
+                   subcell: str = 'quarter') -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Keypoint locations and scores from heatmap logits: the argmax cell, refined below a cell.
 
-    The quarter-offset rule (used by Simple Baselines / HRNet) moves the estimate 0.25 cell along each
-    axis toward the larger of the two neighbours of the peak, a cheap sub-pixel correction that exports
-    as a gather and a sign. At the map border the missing neighbour is the peak itself (index clamped),
-    so a border peak moves 0.25 toward the border unless the inner neighbour is equal.
+    Sub-cell refinement (`subcell`):
+    - 'quarter' (Simple Baselines / HRNet): 0.25 cell along each axis toward the larger of the peak's two
+      neighbours; exports as a gather and a sign. At the map border the missing neighbour is the peak
+      itself (index clamped), so a border peak moves 0.25 toward the border unless the inner neighbour
+      is equal.
+    - 'window_mean' ('softmax' maps only): the mean position under the softmax probabilities of the
+      (2r + 1)^2 cells around the peak, the window the score reads (r below). It is the expectation the
+      coordinate loss trains (PoseConfig.coordinate_loss_weight), restricted to the peak's mode so a
+      second mode elsewhere cannot pull the estimate between the two. The window also cuts the far
+      tail of the mode: for a map shaped like the training target, about a third of the joint's offset
+      from the cell centre remains.
 
     Args:
         heatmaps: float [N, J, H, W] logits (a larger logit = more likely).
@@ -234,6 +241,7 @@ def decode_heatmaps(heatmaps: torch.Tensor, heatmap_loss: str = 'softmax', sigma
             to [0, 1]: a map as sharp as the training target scores 1, a spread-out or multi-modal map
             low. 'focal' (per-cell focal loss): sigmoid of the peak logit.
         sigma: the training target's Gaussian sigma in cells ('softmax' only).
+        subcell: 'quarter' or 'window_mean' (SUBCELL_DECODINGS), see above.
 
     Returns:
         xy: float [N, J, 2] in cell coordinates (cell (r, c) centre = (c + 0.5, r + 0.5)).
@@ -242,11 +250,37 @@ def decode_heatmaps(heatmaps: torch.Tensor, heatmap_loss: str = 'softmax', sigma
     """
     if heatmap_loss not in HEATMAP_LOSSES:
         raise ValueError(f'heatmap_loss must be one of {HEATMAP_LOSSES}, got {heatmap_loss!r}')
+    if subcell not in SUBCELL_DECODINGS:
+        raise ValueError(f'subcell must be one of {SUBCELL_DECODINGS}, got {subcell!r}')
+    if subcell == 'window_mean' and heatmap_loss != 'softmax':
+        raise ValueError("subcell 'window_mean' reads softmax probabilities; heatmap_loss is "
+                         f'{heatmap_loss!r}')
     n, j, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, j, h * w)
     peak, flat_index = flat.max(dim=2)
     row = torch.div(flat_index, w, rounding_mode='floor')
     col = flat_index - row * w
+    if heatmap_loss == 'focal':
+        return _quarter_offset(flat, row, col, h, w), torch.sigmoid(peak), flat_index
+    radius = max(1, round(1.5 * sigma))
+    probabilities = torch.softmax(flat, dim=2).reshape(n, j, h, w)
+    if subcell == 'quarter':
+        mass = _window_sums(probabilities[:, :, None], radius, flat_index)[..., 0]
+        xy = _quarter_offset(flat, row, col, h, w)
+    else:
+        columns = torch.arange(w, dtype=heatmaps.dtype, device=heatmaps.device) + 0.5
+        rows = torch.arange(h, dtype=heatmaps.dtype, device=heatmaps.device) + 0.5
+        weighted = torch.stack([probabilities, probabilities * columns, probabilities * rows[:, None]], dim=2)
+        sums = _window_sums(weighted, radius, flat_index)
+        mass = sums[..., 0]
+        xy = sums[..., 1:] / mass.clamp(min=1e-12)[..., None]
+    scores = (mass / target_window_mass(sigma, radius)).clamp(0.0, 1.0)
+    return xy, scores, flat_index
+
+
+def _quarter_offset(flat: torch.Tensor, row: torch.Tensor, col: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """The peak cell's centre moved 0.25 cell toward the larger neighbour per axis: [N, J, 2] cells."""
+    n, j, _ = flat.shape
     left = row * w + (col - 1).clamp(min=0)
     right = row * w + (col + 1).clamp(max=w - 1)
     up = (row - 1).clamp(min=0) * w + col
@@ -254,22 +288,29 @@ def decode_heatmaps(heatmaps: torch.Tensor, heatmap_loss: str = 'softmax', sigma
     neighbours = torch.gather(flat, 2, torch.stack([left, right, up, down], dim=2).reshape(n, j, 4))
     dx = torch.sign(neighbours[..., 1] - neighbours[..., 0]) * 0.25
     dy = torch.sign(neighbours[..., 3] - neighbours[..., 2]) * 0.25
-    x = col.to(heatmaps.dtype) + 0.5 + dx
-    y = row.to(heatmaps.dtype) + 0.5 + dy
-    if heatmap_loss == 'focal':
-        scores = torch.sigmoid(peak)
-    else:
-        radius = max(1, round(1.5 * sigma))
-        size = 2 * radius + 1
-        probabilities = torch.softmax(flat, dim=2).reshape(n * j, 1, h, w)
-        # window sums, one axis at a time (2 x size adds a cell instead of size^2); zero padding: a
-        # border peak only counts the cells that exist
-        rows = F.avg_pool2d(probabilities, (1, size), stride=1, padding=(0, radius), count_include_pad=True)
-        window = F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=True)
-        window = window * size ** 2
-        mass = window.reshape(n, j, h * w).gather(2, flat_index[..., None])[..., 0]
-        scores = (mass / target_window_mass(sigma, radius)).clamp(0.0, 1.0)
-    return torch.stack([x, y], dim=2), scores, flat_index
+    return torch.stack([col.to(flat.dtype) + 0.5 + dx, row.to(flat.dtype) + 0.5 + dy], dim=2)
+
+
+def _window_sums(maps: torch.Tensor, radius: int, flat_index: torch.Tensor) -> torch.Tensor:
+    """Sums of K maps over the (2 radius + 1)^2 cells around each joint's peak cell.
+
+    Args:
+        maps: float [N, J, K, H, W].
+        radius: window half-size in cells.
+        flat_index: int64 [N, J] peak cell, r * W + c.
+
+    Returns:
+        float [N, J, K].
+    """
+    n, j, k, h, w = maps.shape
+    size = 2 * radius + 1
+    # one axis at a time (2 x size adds a cell instead of size^2); zero padding: a border peak only
+    # counts the cells that exist
+    stacked = maps.reshape(n * j * k, 1, h, w)
+    rows = F.avg_pool2d(stacked, (1, size), stride=1, padding=(0, radius), count_include_pad=True)
+    window = F.avg_pool2d(rows, (size, 1), stride=1, padding=(radius, 0), count_include_pad=True) * size ** 2
+    index = flat_index[:, :, None, None].expand(n, j, k, 1)
+    return window.reshape(n, j, k, h * w).gather(3, index)[..., 0]
 
 
 def cells_to_pixels(xy_cells: torch.Tensor, boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -22,8 +22,9 @@ Pipeline per instance (shared by both branches, which is what makes it distribut
    D_Pose runs only on source-domain instances with keypoints in training, so target-domain inputs
    never update it (the paper's rule).
 
-Keypoint outputs: location = heatmap argmax refined a quarter cell toward the higher neighbour
-(`ops.decode_heatmaps`); score = for the default spatial-softmax loss (`heatmap_loss: softmax`) the
+Keypoint outputs: location = heatmap argmax refined below a cell (`PoseConfig.subcell_decoding`: a
+quarter cell toward the higher neighbour, or the softmax-weighted mean of the cells around the peak;
+`ops.decode_heatmaps`); score = for the default spatial-softmax loss (`heatmap_loss: softmax`) the
 softmax probability mass around the peak relative to that of the training target (1 = as sharp as the
 target), for the focal form sigmoid of the peak logit;
 occlusion = sigmoid of the occlusion map at
@@ -143,7 +144,8 @@ class PoseStage(nn.Module):
         """
         heatmap_logits, occlusion_logits = self.decode(encoded)
         cfg = self.cfg
-        xy, scores, flat_index = decode_heatmaps(heatmap_logits, cfg.heatmap_loss, cfg.heatmap_sigma)
+        xy, scores, flat_index = decode_heatmaps(heatmap_logits, cfg.heatmap_loss, cfg.heatmap_sigma,
+                                                 cfg.subcell_decoding)
         occlusion = torch.sigmoid(occlusion_logits.flatten(2).gather(2, flat_index[..., None])[..., 0])
         pixels = cells_to_pixels(xy, boxes, self.heatmap_height, self.heatmap_width)
         return torch.cat([pixels, scores[..., None]], dim=2), occlusion
