@@ -4,7 +4,8 @@ Runs config/train_tiny_stage1.yaml then config/train_tiny_stage2.yaml (stage 2 f
 within a wall-clock budget for both (`--budget-s`, 600 s by default: the issue's 10 minutes on this CPU).
 The first `--probe-iters` iterations of stage 1 time this machine; the iteration counts of both stages
 are then fitted to the budget and the schedules scaled to them (learning-rate step at 80 % of each
-stage, mask-and-predict ramp over 10-70 % of stage 2), with the time limit as a hard stop. It then
+stage, or a linear decay over the whole stage where a preset's lr_schedule.kind is 'linear';
+mask-and-predict ramp over 10-70 % of stage 2), with the time limit as a hard stop. It then
 scores the stage-2 checkpoint on the held-out synthetic split (seed 3, never trained on) with the
 evaluation package, exactly as `ppe eval synthetic` does: the deployed Predictor (torch backend) over
 the images, keypoint AP over 13 joints with pycocotools (COCO's sigmas), and PCK@0.1 of occluded and
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     stage1 = load_config(args.stage1_config, [
         *common, f'output_dir={out / "stage1"}', f'max_iters={stage1_iters}',
         f'lr_schedule.step_size={max(4 * stage1_iters // 5, args.probe_iters + 1)}',
+        f'lr_schedule.decay_iters={stage1_iters}',
         f'time_limit_s={max(args.budget_s * args.stage1_share - (time.perf_counter() - start), 1.0)}',
         *args.overrides])
     first = train(stage1, resume=True)
@@ -119,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         *common, f'output_dir={out / "stage2"}', f'init_checkpoint={first.checkpoint}',
         f'max_iters={stage2_iters}',
         f'lr_schedule.step_size={max(int(args.lr_step_fraction * stage2_iters), 1)}',
+        f'lr_schedule.decay_iters={stage2_iters}',
         f'mask_schedule.start_iter={stage2_iters // 10}', f'mask_schedule.end_iter={7 * stage2_iters // 10}',
         f'loss.grl_ramp_iters={stage2_iters // 4}',
         f'time_limit_s={max(args.budget_s - stage1_seconds, 1.0)}', 'eval.every=0', *args.overrides])

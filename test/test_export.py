@@ -95,6 +95,22 @@ def test_window_mean_subcell_decoding_exports_with_parity(tmp_path):
     assert ok, report
 
 
+def test_pose_detail_skip_exports_with_parity(tmp_path):
+    """pose.detail_channels (image RoIAlign at the heatmap grid, bilinear gate resampling) in ONNX."""
+    from occluded_ppe_ros.model.network import build_model
+
+    config = copy.deepcopy(TINY_MODEL)
+    config['pose'].update(detail_channels=8)
+    torch.manual_seed(4)
+    cfg = ModelConfig.from_dict(config)
+    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny detail skip'})
+    path = tmp_path / 'detail.onnx'
+    deploy = _export(network, path, (96, 128))
+    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
+                                     intra_op_threads=2)
+    assert ok, report
+
+
 def test_movenet_keypoint_features_export_with_parity(tmp_path):
     """fpn.movenet_keypoint_features (MoveNet's pyramid and heatmap head, bilinear upsampling) in ONNX."""
     from occluded_ppe_ros.model.network import build_model

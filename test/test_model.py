@@ -245,6 +245,36 @@ def test_coordinate_loss_is_a_pose_term_trained_only_when_weighted():
         ModelConfig.from_dict({'pose': {'coordinate_loss_weight': -1.0}})
 
 
+def test_detail_skip_reads_the_gated_pixels_of_each_box_and_trains_only_from_the_source():
+    model = tiny_model(detail_channels=8).train()
+    assert 'pose.detail.0.weight' in model.state_dict()
+    assert 'pose.detail.0.weight' not in tiny_model().state_dict()
+    images = torch.rand(2, 3, HEIGHT, WIDTH)
+    losses = model(images, [make_target(2), make_target(1)], domain='coco', stage=2, mask_ratio=0.2)
+    assert set(losses) == STAGE2_KEYS
+    sum(losses.values()).backward()
+    for part in (model.pose.detail, model.pose.fuse):
+        assert all(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in part.parameters())
+    model.zero_grad(set_to_none=True)
+    losses = model(images, [make_target(2)] * 2, domain='citypersons', stage=2, mask_ratio=0.2)
+    sum(losses.values()).backward()          # the target domain never reaches D_Pose, nor its skip
+    assert all(p.grad is None or float(p.grad.abs().sum()) == 0.0
+               for p in [*model.pose.detail.parameters(), *model.pose.fuse.parameters()])
+    # the crops are the box's pixels at the heatmap grid, zero wherever the gate is zero
+    rois = torch.tensor([[0.0, 8.0, 6.0, 30.0, 60.0]])
+    gate = torch.ones(1, 1, 8, 6)
+    gate[:, :, 4:] = 0.0
+    crops = model.pose.pool_detail(images, rois, gate)
+    assert crops.shape == (1, 3, model.pose.heatmap_height, model.pose.heatmap_width)
+    assert float(crops[:, :, -8:].abs().max()) == 0.0 and float(crops[:, :, :8].abs().max()) > 0.0
+    model.eval()
+    with torch.no_grad():
+        (result,) = model(images[:1], domain='coco')
+    assert result['keypoints'].shape[1:] == (13, 3)
+    with pytest.raises(ValueError, match='detail_channels must be >= 0, got -2'):
+        ModelConfig.from_dict({'pose': {'detail_channels': -2}})
+
+
 def test_subcell_decoding_is_validated_against_the_heatmap_loss():
     pose = ModelConfig.from_dict({'pose': {'subcell_decoding': 'window_mean'}}).pose
     assert pose.subcell_decoding == 'window_mean'

@@ -86,6 +86,24 @@ def test_bad_mask_schedules_are_rejected_naming_the_value(kwargs, message):
         MaskSchedule(**kwargs)
 
 
+def test_linear_lr_decay_warms_up_then_falls_to_the_final_factor_and_holds():
+    schedule = LRSchedule(kind='linear', decay_iters=110, final_factor=0.0, warmup_iters=10,
+                          warmup_factor=0.1)
+    assert lr_factor(0, schedule) == pytest.approx(0.1)
+    assert lr_factor(5, schedule) == pytest.approx(0.55)            # warm-up ramp times the (still 1) decay
+    assert lr_factor(10, schedule) == pytest.approx(1.0)
+    assert lr_factor(60, schedule) == pytest.approx(0.5)
+    assert lr_factor(110, schedule) == pytest.approx(0.0) and lr_factor(500, schedule) == pytest.approx(0.0)
+    floor = LRSchedule(kind='linear', decay_iters=100, final_factor=0.05)
+    assert lr_factor(100, floor) == pytest.approx(0.05) and lr_factor(50, floor) == pytest.approx(0.525)
+    with pytest.raises(ValueError, match="lr kind must be one of .* got 'cosine'"):
+        LRSchedule(kind='cosine')
+    with pytest.raises(ValueError, match=r'decay_iters > warmup_iters \(10\), got 10'):
+        LRSchedule(kind='linear', decay_iters=10, warmup_iters=10)
+    with pytest.raises(ValueError, match='final_factor must be in'):
+        LRSchedule(kind='linear', decay_iters=10, final_factor=2.0)
+
+
 def test_bad_lr_schedules_and_iterations_are_rejected():
     with pytest.raises(ValueError, match='step_size'):
         LRSchedule(step_size=0)

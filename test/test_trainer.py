@@ -222,6 +222,28 @@ def test_stage1_returns_only_detection_and_segmentation_terms(tmp_path):
     assert {'optimizer', 'scheduler', 'rng', 'model_config', 'metrics'} <= set(checkpoint)
 
 
+def test_a_domain_can_draw_its_own_batch_size(tmp_path, monkeypatch):
+    import occluded_ppe_training.trainer as trainer_module
+
+    seen: dict[str, list[int]] = {}
+
+    class Recording(MultiDomainForward):
+        def forward(self, batches, stage, mask_ratio):
+            for domain, (images, targets) in batches.items():
+                seen.setdefault(domain, []).append(images.shape[0])
+                assert len(targets) == images.shape[0]
+            return super().forward(batches, stage, mask_ratio)
+
+    monkeypatch.setattr(trainer_module, 'MultiDomainForward', Recording)
+    data = tiny_config(tmp_path, stage=1)['data']
+    data['citypersons']['batch_size'] = 1
+    train(TrainConfig.from_dict(tiny_config(tmp_path, stage=1, data=data, max_iters=2, checkpoint_every=2)))
+    assert seen == {'coco': [2, 2], 'citypersons': [1, 1]}
+    data['citypersons']['batch_size'] = 0
+    with pytest.raises(ValueError, match='batch_size must be >= 1 or null, got 0'):
+        TrainConfig.from_dict(tiny_config(tmp_path, stage=1, data=data))
+
+
 def test_overfitting_a_fixed_batch_lowers_every_trained_term(tmp_path):
     """Stage 2 on a fixed batch (no augmentation, no masking): the total and each supervised term fall.
 

@@ -71,6 +71,9 @@ class DatasetConfig:
             relative to the `extra` sets; 1: once).
         extra: further datasets of the same domain, concatenated with this one (each with its own
             format, split_filter and repeat), e.g. the real COCO train split plus synthetic pedestrians.
+        batch_size: images of this domain per process per iteration (None: the config's `batch_size`).
+            A smaller target-domain batch spends less of a short CPU run on the branch that no pose
+            metric reads; the paper uses one batch size for both.
     """
 
     format: str = 'coco'
@@ -86,8 +89,11 @@ class DatasetConfig:
     split_filter: Optional[str] = None
     repeat: int = 1
     extra: list[DatasetConfig] = field(default_factory=list)
+    batch_size: Optional[int] = None
 
     def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f'batch_size must be >= 1 or null, got {self.batch_size}')
         if self.split_filter is not None and self.split_filter not in SPLIT_FILTERS:
             raise ValueError(f'split_filter must be one of {SPLIT_FILTERS} or null, '
                              f'got {self.split_filter!r}')

@@ -24,23 +24,41 @@ from dataclasses import dataclass, field
 MASK_SCHEDULE_KINDS = ('constant', 'linear', 'cosine', 'step')
 
 
+LR_SCHEDULE_KINDS = ('step', 'linear')
+
+
 @dataclass
 class LRSchedule:
-    """Step decay with an optional linear warm-up (the optimizer's base rate times `lr_factor`).
+    """Learning-rate decay with an optional linear warm-up (the optimizer's base rate times `lr_factor`).
 
     Attributes:
-        step_size: iterations between two decays (paper: 15000).
-        gamma: factor applied at each decay (paper: 0.1).
+        kind: 'step' (the paper: x gamma every `step_size` iterations) or 'linear' (from 1 down to
+            `final_factor` at `decay_iters`, then held; Li et al., "Budgeted training", ICLR 2020: under
+            a fixed iteration budget a linear decay beat step decays).
+        step_size: iterations between two decays (paper: 15000); 'step' only.
+        gamma: factor applied at each decay (paper: 0.1); 'step' only.
+        decay_iters: the iteration at which a 'linear' decay reaches `final_factor` (the run's length).
+        final_factor: the factor a 'linear' decay ends at.
         warmup_iters: iterations of linear warm-up from `warmup_factor` to 1 (0: none, the paper).
         warmup_factor: factor at iteration 0 when warming up.
     """
 
+    kind: str = 'step'
     step_size: int = 15000
     gamma: float = 0.1
+    decay_iters: int = 0
+    final_factor: float = 0.0
     warmup_iters: int = 0
     warmup_factor: float = 0.001
 
     def __post_init__(self) -> None:
+        if self.kind not in LR_SCHEDULE_KINDS:
+            raise ValueError(f'lr kind must be one of {LR_SCHEDULE_KINDS}, got {self.kind!r}')
+        if self.kind == 'linear' and self.decay_iters <= self.warmup_iters:
+            raise ValueError(f'a linear lr schedule needs decay_iters > warmup_iters ({self.warmup_iters}), '
+                             f'got {self.decay_iters}')
+        if not 0.0 <= self.final_factor <= 1.0:
+            raise ValueError(f'lr final_factor must be in [0, 1], got {self.final_factor}')
         if self.step_size <= 0:
             raise ValueError(f'lr step_size must be > 0, got {self.step_size}')
         if not 0.0 < self.gamma <= 1.0:
@@ -59,11 +77,17 @@ def lr_factor(iteration: int, schedule: LRSchedule) -> float:
         schedule: the step/warm-up parameters.
 
     Returns:
-        gamma ** (iteration // step_size), times the linear warm-up ramp while iteration < warmup_iters.
+        'step': gamma ** (iteration // step_size); 'linear': 1 at the end of the warm-up falling linearly
+        to final_factor at decay_iters; either times the linear warm-up ramp while iteration < warmup_iters.
     """
     if iteration < 0:
         raise ValueError(f'iteration must be >= 0, got {iteration}')
-    factor = schedule.gamma ** (iteration // schedule.step_size)
+    if schedule.kind == 'linear':
+        decay_length = schedule.decay_iters - schedule.warmup_iters
+        progress = min(max(iteration - schedule.warmup_iters, 0) / decay_length, 1.0)
+        factor = 1.0 - (1.0 - schedule.final_factor) * progress
+    else:
+        factor = schedule.gamma ** (iteration // schedule.step_size)
     if iteration < schedule.warmup_iters:
         progress = iteration / schedule.warmup_iters
         factor *= schedule.warmup_factor + (1.0 - schedule.warmup_factor) * progress

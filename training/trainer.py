@@ -650,7 +650,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
             if is_main:
                 print(f'[train] {domain}: skipped {len(skipped)} invalid records (skip_invalid: true); '
                       f'first: {skipped[0].source}: {skipped[0].record}: {skipped[0].reason}')
-        loaders[domain] = make_loader(dataset, cfg.batch_size, cfg.num_workers, cfg.seed + 101 * len(loaders),
+        loaders[domain] = make_loader(dataset, data_cfg.batch_size or cfg.batch_size, cfg.num_workers,
+                                      cfg.seed + 101 * len(loaders),
                                       rank, world_size, start_iteration)
     batches = {domain: iter(loader) for domain, loader in loaders.items()}
 

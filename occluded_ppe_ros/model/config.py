@@ -192,6 +192,13 @@ class PoseConfig:
             'softmax' heatmaps only; 0 = off (the paper's L_pe).
         box_jitter: in training, each side of a ground-truth box is moved by up to this fraction of the
             box's width/height (uniform), so the stage learns from boxes as loose as detected ones.
+        detail_channels: > 0 adds a high-resolution skip to D_Pose: the input image, RoI-aligned over each
+            box at the heatmap's own resolution (about one pixel a cell for a pedestrian of the tiny
+            preset) and gated like the features, goes through two 3x3 convs of this width and joins the
+            last deconvolution's output in one more 3x3 conv before the heatmap logits. The stride-4
+            encoder map alone placed a wrist about 3 heatmap cells off (OKS error 0.86, docs/training.md):
+            the skip brings the pixels that show where a limb ends (U-Net / HRNet's high-resolution path).
+            0 = off (the paper's D_Pose).
     """
 
     roi_height: int = 16
@@ -215,6 +222,7 @@ class PoseConfig:
     facing_loss_weight: float = 0.0
     coordinate_loss_weight: float = 0.0
     box_jitter: float = 0.05
+    detail_channels: int = 0
 
 
 @dataclass
@@ -288,6 +296,8 @@ class ModelConfig:
                              f'(one per E_Pose conv), got {dilations}')
         if self.pose.facing_loss_weight < 0:
             raise ValueError(f'pose.facing_loss_weight must be >= 0, got {self.pose.facing_loss_weight}')
+        if self.pose.detail_channels < 0:
+            raise ValueError(f'pose.detail_channels must be >= 0, got {self.pose.detail_channels}')
         if self.pose.coordinate_loss_weight < 0:
             raise ValueError('pose.coordinate_loss_weight must be >= 0, got '
                              f'{self.pose.coordinate_loss_weight}')

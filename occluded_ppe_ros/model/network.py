@@ -88,7 +88,7 @@ class PPENet(nn.Module):
         image_size = (images.shape[2], images.shape[3])
         losses['loss_seg_mask'] = self._mask_loss(branch, features, targets, image_size)
         if stage == 2:
-            losses.update(self._pose_losses(features, targets, domain, mask_ratio, image_size))
+            losses.update(self._pose_losses(images, features, targets, domain, mask_ratio))
         return losses
 
     def _check_inputs(self, images: torch.Tensor, domain: str) -> None:
@@ -113,9 +113,10 @@ class PPENet(nn.Module):
                         for m, b in zip(masks, boxes)]) if rois.shape[0] else logits.detach().clone()
         return mask_loss(logits, gt)
 
-    def _pose_losses(self, features: torch.Tensor, targets: list[dict], domain: str, mask_ratio: float,
-                     image_size: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def _pose_losses(self, images: torch.Tensor, features: torch.Tensor, targets: list[dict], domain: str,
+                     mask_ratio: float) -> dict[str, torch.Tensor]:
         cfg = self.cfg.pose
+        image_size = (images.shape[2], images.shape[3])
         is_source = domain == cfg.source_domain
         boxes, keypoints, has_keypoints, gates = [], [], [], []
         for target in targets:
@@ -160,7 +161,8 @@ class PPENet(nn.Module):
             if cfg.coordinate_loss_weight > 0:
                 losses['loss_pe_coordinate'] = zero
             return losses
-        heatmap_logits, occlusion_logits = self.pose.decode(encoded[use])
+        detail = self.pose.pool_detail(images, rois[use], gate[use])
+        heatmap_logits, occlusion_logits = self.pose.decode(encoded[use], detail)
         hm_h, hm_w = heatmap_logits.shape[-2:]
         if cfg.heatmap_loss == 'softmax':
             heat_targets, valid, flat_index = keypoint_distribution_targets(
@@ -188,12 +190,13 @@ class PPENet(nn.Module):
         return losses
 
     # ---------------------------------------------------------------- inference
-    def instance_outputs(self, branch: Branch, features: torch.Tensor, rois: torch.Tensor
-                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def instance_outputs(self, branch: Branch, images: torch.Tensor, features: torch.Tensor,
+                         rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Mask and pose of given instances at inference: the predicted mask gates the pose stage.
 
         Args:
             branch: the branch whose mask decoder runs.
+            images: float [B, 3, H, W] the network input (read by the pose stage's detail skip only).
             features: float [B, C, h, w] that branch's encoder output.
             rois: float [R, 5] (image index, x1, y1, x2, y2 network-input pixels).
 
@@ -205,7 +208,8 @@ class PPENet(nn.Module):
         mask_probs = torch.sigmoid(branch.mask(features, rois))
         gate = dilate_gate(mask_gate(mask_probs, pose.roi_height, pose.roi_width), pose.gate_dilation)
         encoded = self.pose.encode(self.pose.pool(features, rois), gate)
-        keypoints, occluded = self.pose.keypoints(encoded, rois[:, 1:])
+        detail = self.pose.pool_detail(images, rois, gate)
+        keypoints, occluded = self.pose.keypoints(encoded, rois[:, 1:], detail)
         return mask_probs, keypoints, occluded
 
     def predict_padded(self, images: torch.Tensor, domain: str,
@@ -233,7 +237,7 @@ class PPENet(nn.Module):
         batch_index = torch.arange(boxes.shape[0], device=boxes.device, dtype=boxes.dtype)[:, None]
         batch_index = batch_index.expand(-1, max_detections).reshape(-1, 1)
         rois = torch.cat([batch_index, flat_boxes], dim=1)
-        mask_probs, keypoints, occluded = self.instance_outputs(branch, features, rois)
+        mask_probs, keypoints, occluded = self.instance_outputs(branch, images, features, rois)
         resolution = mask_probs.shape[-1]
         return {
             'boxes': boxes,

@@ -19,6 +19,8 @@ Pipeline per instance (shared by both branches, which is what makes it distribut
    invariant while D_C learns to tell the domains apart (DANN; Kocabas et al. use the same form).
 4. D_Pose: `decoder_deconvs` 4x4 stride-2 deconvolutions + GN + ReLU, then a 1x1 conv to 2 x 13 maps:
    13 keypoint heatmap logits and 13 occlusion logit maps (heatmap = roi x 2 ** decoder_deconvs cells).
+   With `detail_channels` the gated image pixels of the box, at the heatmap's resolution, pass two 3x3
+   convs and join the last deconvolution's output in a 3x3 conv before the 1x1 (a high-resolution skip).
    D_Pose runs only on source-domain instances with keypoints in training, so target-domain inputs
    never update it (the paper's rule).
 
@@ -36,6 +38,7 @@ by another person's body inside the box (self-occlusion, a crossing arm) from a 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
@@ -74,8 +77,21 @@ class PoseStage(nn.Module):
                         nn.GroupNorm(_groups(cfg.decoder_channels), cfg.decoder_channels),
                         nn.ReLU(inplace=True)]
             channels = cfg.decoder_channels
+        self.detail = None
+        self.fuse = None
+        if cfg.detail_channels > 0:
+            # high-resolution skip (PoseConfig.detail_channels): image pixels at the heatmap's resolution
+            width = cfg.detail_channels
+            self.detail = nn.Sequential(
+                nn.Conv2d(3, width, 3, padding=1, bias=False), nn.GroupNorm(_groups(width), width),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.GroupNorm(_groups(width), width),
+                nn.ReLU(inplace=True))
+            self.fuse = nn.Sequential(
+                nn.Conv2d(channels + width, channels, 3, padding=1, bias=False),
+                nn.GroupNorm(_groups(channels), channels), nn.ReLU(inplace=True))
         decoder.append(nn.Conv2d(channels, 2 * NUM_KEYPOINTS, 1))
-        self.decoder = nn.Sequential(*decoder)         # D_Pose
+        self.decoder = nn.Sequential(*decoder)         # D_Pose (fuse and detail join before its last conv)
         # focal form: every cell starts at a 0.1 prior (CenterNet); a softmax is shift-invariant, 0 is as good
         heatmap_prior = inverse_sigmoid(0.1) if cfg.heatmap_loss == 'focal' else 0.0
         nn.init.constant_(self.decoder[-1].bias[:NUM_KEYPOINTS], heatmap_prior)
@@ -99,6 +115,27 @@ class PoseStage(nn.Module):
         """
         return roi_align(features, rois, output_size=(self.cfg.roi_height, self.cfg.roi_width),
                          spatial_scale=1.0 / self.stride, sampling_ratio=2, aligned=True)
+
+    def pool_detail(self, images: torch.Tensor, rois: torch.Tensor, gate: torch.Tensor
+                    ) -> torch.Tensor | None:
+        """The gated image pixels of each instance at the heatmap's resolution, for the detail skip.
+
+        Args:
+            images: float [B, 3, H, W] the network input (RGB in [0, 1]).
+            rois: float [R, 5] (image index, x1, y1, x2, y2 pixels).
+            gate: float [R, 1, roi_height, roi_width] the instance gate E_Pose's input was multiplied by;
+                resampled bilinearly to the heatmap grid so that what mask-and-predict or the visible
+                mask hides from E_Pose is hidden here too.
+
+        Returns:
+            float [R, 3, heatmap_height, heatmap_width] centred on 0, or None when the skip is off.
+        """
+        if self.detail is None:
+            return None
+        size = (self.heatmap_height, self.heatmap_width)
+        crops = roi_align(images, rois, output_size=size, spatial_scale=1.0, sampling_ratio=2, aligned=True)
+        fine_gate = F.interpolate(gate, size=size, mode='bilinear', align_corners=False)
+        return (crops - 0.5) * fine_gate
 
     def encode(self, pooled: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
         """E_Pose on gated instance features: [R, C, rh, rw] x [R, 1, rh, rw] -> [R, C_pose, rh, rw]."""
@@ -127,22 +164,36 @@ class PoseStage(nn.Module):
         pooled = encoded.mean(dim=(2, 3))
         return self.domain_classifier(self.gradient_reversal(pooled))[:, 0]
 
-    def decode(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """D_Pose: [R, C_pose, rh, rw] -> (heatmap logits, occlusion logits), each [R, 13, Hh, Wh]."""
-        maps = self.decoder(encoded)
+    def decode(self, encoded: torch.Tensor, detail: torch.Tensor | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """D_Pose: [R, C_pose, rh, rw] -> (heatmap logits, occlusion logits), each [R, 13, Hh, Wh].
+
+        `detail` ([R, 3, Hh, Wh] from `pool_detail`) is required when the detail skip is configured and
+        ignored (None) otherwise.
+        """
+        if self.detail is None:
+            maps = self.decoder(encoded)
+        else:
+            if detail is None:
+                raise ValueError('pose.detail_channels > 0: decode needs the pool_detail crops')
+            upsampled = self.decoder[:-1](encoded)
+            fused = self.fuse(torch.cat([upsampled, self.detail(detail)], dim=1))
+            maps = self.decoder[-1](fused)
         return maps[:, :NUM_KEYPOINTS], maps[:, NUM_KEYPOINTS:]
 
-    def keypoints(self, encoded: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def keypoints(self, encoded: torch.Tensor, boxes: torch.Tensor, detail: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode keypoints of R instances.
 
         Args:
             encoded: float [R, C_pose, rh, rw] E_Pose output.
             boxes: float [R, 4] the RoI boxes, pixels.
+            detail: float [R, 3, Hh, Wh] `pool_detail` crops (detail skip only).
 
         Returns:
             keypoints float [R, 13, 3] (x, y pixels, score in [0, 1]); occluded float [R, 13] probability.
         """
-        heatmap_logits, occlusion_logits = self.decode(encoded)
+        heatmap_logits, occlusion_logits = self.decode(encoded, detail)
         cfg = self.cfg
         xy, scores, flat_index = decode_heatmaps(heatmap_logits, cfg.heatmap_loss, cfg.heatmap_sigma,
                                                  cfg.subcell_decoding)
