@@ -101,7 +101,10 @@ def main(argv: list[str] | None = None) -> int:
     # Probe: the first iterations of stage 1 measure this machine's speed; stage 1 then resumes from
     # them with its iteration count (and learning-rate step) fitted to its share of the budget.
     probe = load_config(args.stage1_config, [*common, f'output_dir={out / "stage1"}',
-                                             f'max_iters={args.probe_iters}', *args.overrides])
+                                             f'max_iters={args.probe_iters}',
+                                             # a linear decay is fitted to the stage below; the probe
+                                             # stays near the start of it
+                                             'lr_schedule.decay_iters=1000000', *args.overrides])
     train(probe)
     seconds_per_iteration = (time.perf_counter() - start) / args.probe_iters
     stage1_iters = max(int(args.budget_s * args.stage1_share / seconds_per_iteration), args.probe_iters + 1)
