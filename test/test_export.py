@@ -62,53 +62,42 @@ def test_onnx_runtime_matches_pytorch_at_two_input_sizes(tiny_network, tmp_path)
             assert name.split('_')[0] in report
 
 
-def test_dilated_pose_encoder_with_global_context_exports_with_parity(tmp_path):
-    """pose.encoder_dilations and pose.global_context keep the ONNX graph equal to PyTorch."""
+def _pose_variant_exports_with_parity(tmp_path, seed: int, name: str, **pose) -> export.LoadedNetwork:
+    """Export TINY_MODEL with these pose keys changed at 96 x 128 and assert ONNX Runtime = PyTorch.
+
+    Returns the exported network, for checks of the variant's own structure.
+    """
     from occluded_ppe_ros.model.network import build_model
 
     config = copy.deepcopy(TINY_MODEL)
-    config['pose'].update(encoder_dilations=[1, 2], global_context=True)
-    torch.manual_seed(1)
+    config['pose'].update(pose)
+    torch.manual_seed(seed)
     cfg = ModelConfig.from_dict(config)
-    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny dilated'})
-    assert network.model.pose.encoder[3].dilation == (2, 2) and network.model.pose.context is not None
-    path = tmp_path / 'dilated.onnx'
+    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': f'tiny {name}'})
+    path = tmp_path / f'{name.replace(" ", "_")}.onnx'
     deploy = _export(network, path, (96, 128))
     ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
                                      intra_op_threads=2)
     assert ok, report
+    return network
+
+
+def test_dilated_pose_encoder_with_global_context_exports_with_parity(tmp_path):
+    """pose.encoder_dilations and pose.global_context keep the ONNX graph equal to PyTorch."""
+    network = _pose_variant_exports_with_parity(tmp_path, 1, 'dilated', encoder_dilations=[1, 2],
+                                                global_context=True)
+    assert network.model.pose.encoder[3].dilation == (2, 2) and network.model.pose.context is not None
 
 
 def test_window_mean_subcell_decoding_exports_with_parity(tmp_path):
     """pose.subcell_decoding 'window_mean' (window sums by average pooling, a 4-d gather) in ONNX."""
-    from occluded_ppe_ros.model.network import build_model
-
-    config = copy.deepcopy(TINY_MODEL)
-    config['pose'].update(subcell_decoding='window_mean')
-    torch.manual_seed(3)
-    cfg = ModelConfig.from_dict(config)
-    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny window mean'})
-    path = tmp_path / 'window_mean.onnx'
-    deploy = _export(network, path, (96, 128))
-    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
-                                     intra_op_threads=2)
-    assert ok, report
+    _pose_variant_exports_with_parity(tmp_path, 3, 'window mean', subcell_decoding='window_mean')
 
 
 def test_pose_detail_skip_exports_with_parity(tmp_path):
     """pose.detail_channels (image RoIAlign at the heatmap grid, bilinear gate resampling) in ONNX."""
-    from occluded_ppe_ros.model.network import build_model
-
-    config = copy.deepcopy(TINY_MODEL)
-    config['pose'].update(detail_channels=8)
-    torch.manual_seed(4)
-    cfg = ModelConfig.from_dict(config)
-    network = export.LoadedNetwork(build_model(cfg).eval(), cfg, {'test': 'tiny detail skip'})
-    path = tmp_path / 'detail.onnx'
-    deploy = _export(network, path, (96, 128))
-    ok, report = export.parity_check(deploy, path, export.gate_batches((96, 128), dynamic_batch=True),
-                                     intra_op_threads=2)
-    assert ok, report
+    network = _pose_variant_exports_with_parity(tmp_path, 4, 'detail skip', detail_channels=8)
+    assert network.model.pose.detail is not None and network.model.pose.fuse is not None
 
 
 def test_movenet_keypoint_features_export_with_parity(tmp_path):
