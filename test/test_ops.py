@@ -14,7 +14,8 @@ from occluded_ppe_ros.model.losses import (gaussian_focal_loss, giou_loss, keypo
 from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, dilate_gate,
                                         gaussian_2d, grad_reverse, jitter_boxes,
                                         keypoint_distribution_targets, keypoint_targets, mask_gate,
-                                        random_occlusion_gate, target_window_mass, visible_box_gate)
+                                        random_occlusion_gate, roi_align_separable, target_window_mass,
+                                        trainable_roi_align, visible_box_gate)
 from occluded_ppe_ros.model.pose import PoseStage, gate_hides
 
 torch.set_num_threads(2)
@@ -443,3 +444,50 @@ def test_dilate_gate_grows_by_whole_cells_and_zero_is_identity():
     expected[0, 0, 2:5, 1:4] = 0.8
     assert torch.equal(grown, expected)
     assert float(dilate_gate(gate, 10).min()) == pytest.approx(0.8)
+
+
+# ----------------------------------------------------------------- separable RoIAlign
+def _rois_in_and_around(count: int, seed: int) -> torch.Tensor:
+    """[count, 5] RoIs over a 2-image batch of 128 x 160 inputs: inside, across the edges, beyond them,
+    a few pixels wide, and one wholly outside the image."""
+    generator = torch.Generator().manual_seed(seed)
+    corner = torch.rand(count, 2, generator=generator) * torch.tensor([200.0, 170.0])
+    corner = corner - torch.tensor([30.0, 25.0])
+    size = torch.rand(count, 2, generator=generator) * torch.tensor([80.0, 120.0]) + 0.5
+    image = torch.randint(0, 2, (count, 1), generator=generator).float()
+    rois = torch.cat([image, corner, corner + size], dim=1)
+    rois[0, 1:] = torch.tensor([170.0, 140.0, 200.0, 190.0])     # wholly beyond the bottom-right corner
+    rois[1, 1:] = torch.tensor([10.0, 10.0, 10.5, 10.7])         # under one map cell
+    return rois
+
+
+@pytest.mark.parametrize('output_size, spatial_scale', [((16, 12), 0.25), ((10, 10), 0.25), ((64, 48), 1.0)])
+def test_separable_roi_align_equals_torchvision_in_values_and_gradients(output_size, spatial_scale):
+    height, width = (128, 160) if spatial_scale == 1.0 else (32, 40)
+    features = torch.randn(2, 5, height, width, generator=torch.Generator().manual_seed(3))
+    features.requires_grad_(True)
+    rois = _rois_in_and_around(24, seed=4)
+    expected = torchvision.ops.roi_align(features, rois, output_size, spatial_scale, 2, True)
+    separable = roi_align_separable(features, rois, output_size, spatial_scale, 2)
+    assert separable.shape == expected.shape
+    # float32 rounding of the sample positions (~1e-5 of a 160-pixel coordinate) is all that differs
+    torch.testing.assert_close(separable, expected, atol=2e-4, rtol=1e-4)
+    assert float(expected[0].abs().max()) == 0.0          # the RoI beyond the image reads zeros
+    upstream = torch.randn(expected.shape, generator=torch.Generator().manual_seed(5))
+    expected_grad, = torch.autograd.grad((expected * upstream).sum(), features)
+    separable_grad, = torch.autograd.grad((separable * upstream).sum(), features)
+    torch.testing.assert_close(separable_grad, expected_grad, atol=5e-4, rtol=1e-4)
+
+
+def test_trainable_roi_align_takes_torchvision_where_no_gradient_flows():
+    features = torch.randn(2, 4, 32, 40)
+    rois = _rois_in_and_around(6, seed=6)
+    expected = torchvision.ops.roi_align(features, rois, (16, 12), 0.25, 2, True)
+    # no gradient: torchvision's op itself (bit-exact), as inference and ONNX export run it
+    assert torch.equal(trainable_roi_align(features, rois, (16, 12), 0.25), expected)
+    trainable = features.clone().requires_grad_(True)
+    pooled = trainable_roi_align(trainable, rois, (16, 12), 0.25)
+    assert pooled.requires_grad
+    torch.testing.assert_close(pooled.detach(), expected, atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        assert torch.equal(trainable_roi_align(trainable, rois, (16, 12), 0.25), expected)

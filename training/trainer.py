@@ -41,6 +41,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
+from occluded_ppe_ros.cpu_allocator import keep_large_buffers_in_heap
 from occluded_ppe_ros.model.checkpoint import CHECKPOINT_FORMAT
 from occluded_ppe_training.config import SOURCE_DOMAIN, DatasetConfig, OptimizerConfig, TrainConfig
 from occluded_ppe_training.schedules import grl_factor, lr_factor, mask_ratio
@@ -609,6 +610,10 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     device = _resolve_device(cfg.device, local_rank)
     if cfg.threads > 0:
         torch.set_num_threads(cfg.threads)
+    if device.type == 'cpu':
+        # every step frees and re-allocates the same large buffers: keep them in the heap (7-10 % per
+        # stage-2 step of the tiny preset on this 2-core VM; occluded_ppe_ros/cpu_allocator.py)
+        keep_large_buffers_in_heap()
     is_main = rank == 0
     output_dir = Path(cfg.output_dir)
     # Every process seeds the same: the model's initial weights agree (DDP also broadcasts them).

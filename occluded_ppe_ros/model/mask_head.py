@@ -16,7 +16,7 @@ from torchvision.ops import roi_align
 
 from occluded_ppe_ros.model.backbone import _groups
 from occluded_ppe_ros.model.config import MaskConfig
-from occluded_ppe_ros.model.ops import ChannelAttention
+from occluded_ppe_ros.model.ops import ChannelAttention, trainable_roi_align
 
 
 class MaskHead(nn.Module):
@@ -40,8 +40,8 @@ class MaskHead(nn.Module):
     def forward(self, features: torch.Tensor, rois: torch.Tensor) -> torch.Tensor:
         """See the class docstring; M = cfg.resolution."""
         attended = self.attention(features)
-        pooled = roi_align(attended, rois, output_size=self.cfg.roi_size, spatial_scale=1.0 / self.stride,
-                           sampling_ratio=2, aligned=True)
+        size = (self.cfg.roi_size, self.cfg.roi_size)
+        pooled = trainable_roi_align(attended, rois, size, 1.0 / self.stride, sampling_ratio=2)
         return self.decoder(pooled)[:, 0]
 
 

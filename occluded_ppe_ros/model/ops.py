@@ -9,6 +9,7 @@
 - `mask_gate`, `random_occlusion_gate`: the mask-and-predict gating of instance features.
 - `decode_heatmaps`: keypoint argmax with sub-pixel quarter-offset refinement, and the joint's score.
 - `rois_from_boxes`: per-image boxes -> the [R, 5] rows torchvision.ops.roi_align takes.
+- `trainable_roi_align`: RoIAlign with a fast CPU backward pass (separable matrix form) in training.
 
 Coordinates: "cell coordinates" of a map of W x H cells put cell (r, c)'s centre at (c + 0.5, r + 0.5),
 the same continuous convention as image pixels.
@@ -86,6 +87,82 @@ def rois_from_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
     if not rows:
         return torch.zeros((0, 5))
     return torch.cat(rows, dim=0)
+
+
+def _roi_axis_weights(start: torch.Tensor, bin_size: torch.Tensor, bins: int, sampling_ratio: int,
+                      size: int) -> torch.Tensor:
+    """RoIAlign's bilinear sampling along one axis as a matrix: [R, bins, size].
+
+    Row b of RoI r holds the weights with which the `sampling_ratio` samples of bin b (at
+    start + (b + (i + 0.5) / sampling_ratio) x bin_size, map-cell index coordinates) read the map's
+    `size` cells, averaged over the samples. The sample rules are torchvision's CPU kernel's: a sample
+    beyond one cell outside the map reads 0; others are clamped to [0, size - 1] and interpolated
+    between their two neighbouring cells.
+    """
+    samples = torch.arange(bins * sampling_ratio, dtype=start.dtype, device=start.device)
+    steps = (samples + 0.5) / sampling_ratio                              # in bins
+    position = start[:, None] + steps[None] * bin_size[:, None]           # [R, bins x samples]
+    inside = ((position >= -1.0) & (position <= size)).to(start.dtype)
+    position = position.clamp(min=0.0)
+    low = position.floor()
+    at_end = low >= size - 1
+    low = torch.where(at_end, torch.full_like(low, size - 1), low)
+    position = torch.where(at_end, low, position)
+    fraction = position - low
+    high = (low + 1).clamp(max=size - 1)
+    weights = start.new_zeros((start.shape[0], bins * sampling_ratio, size))
+    weights.scatter_add_(2, low.long()[..., None], ((1.0 - fraction) * inside)[..., None])
+    weights.scatter_add_(2, high.long()[..., None], (fraction * inside)[..., None])
+    return weights.reshape(start.shape[0], bins, sampling_ratio, size).mean(dim=2)
+
+
+def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
+                        spatial_scale: float, sampling_ratio: int = 2) -> torch.Tensor:
+    """torchvision.ops.roi_align (aligned=True, a fixed sampling_ratio) as two batched matrix products.
+
+    Bilinear sampling on a grid that is the product of a row grid and a column grid is separable, so
+    each RoI's output is Wy @ map @ Wx^T with Wy [out_h, H] and Wx [out_w, W] (`_roi_axis_weights`).
+    The values equal torchvision's to float rounding (test_model.py); the point is the backward pass:
+    torchvision's CPU RoIAlign backward scatters every sample's gradient one by one on one thread, and
+    for the pose and mask heads of the tiny preset it was about 8 % of a stage-2 training step. Here it
+    is two matrix products and an index_add.
+
+    Args:
+        features: float [B, C, H, W].
+        rois: float [R, 5] (image index, x1, y1, x2, y2) in input pixels.
+        output_size: (out_h, out_w).
+        spatial_scale: map cells per input pixel (1 / stride).
+        sampling_ratio: samples per bin along each axis (> 0).
+
+    Returns:
+        float [R, C, out_h, out_w].
+    """
+    out_h, out_w = output_size
+    height, width = features.shape[-2:]
+    x1 = rois[:, 1] * spatial_scale - 0.5        # aligned=True: pixel centres at half-integers
+    y1 = rois[:, 2] * spatial_scale - 0.5
+    x2 = rois[:, 3] * spatial_scale - 0.5
+    y2 = rois[:, 4] * spatial_scale - 0.5
+    row_weights = _roi_axis_weights(y1, (y2 - y1) / out_h, out_h, sampling_ratio, height)
+    column_weights = _roi_axis_weights(x1, (x2 - x1) / out_w, out_w, sampling_ratio, width)
+    per_roi = features.index_select(0, rois[:, 0].long())                        # [R, C, H, W]
+    columns = torch.matmul(per_roi, column_weights.transpose(1, 2)[:, None])     # [R, C, H, out_w]
+    return torch.matmul(row_weights[:, None], columns)                           # [R, C, out_h, out_w]
+
+
+def trainable_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
+                        spatial_scale: float, sampling_ratio: int = 2) -> torch.Tensor:
+    """RoIAlign (aligned=True): `roi_align_separable` where a gradient will flow, torchvision otherwise.
+
+    Inference and ONNX export keep torchvision's op, which exports as ONNX RoiAlign
+    (docs: EXPORT_FACTS); training takes the separable form for its fast backward pass.
+    """
+    if features.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
+        return roi_align_separable(features, rois, output_size, spatial_scale, sampling_ratio)
+    from torchvision.ops import roi_align
+
+    return roi_align(features, rois, output_size=output_size, spatial_scale=spatial_scale,
+                     sampling_ratio=sampling_ratio, aligned=True)
 
 
 def jitter_boxes(boxes: torch.Tensor, fraction: float, image_height: int, image_width: int) -> torch.Tensor:

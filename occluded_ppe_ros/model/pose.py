@@ -45,7 +45,7 @@ from torchvision.ops import roi_align
 from occluded_ppe_ros.model.backbone import _groups
 from occluded_ppe_ros.model.config import PoseConfig
 from occluded_ppe_ros.model.ops import (GradientReversal, cells_to_pixels, decode_heatmaps, inverse_sigmoid,
-                                        joint_cells)
+                                        joint_cells, trainable_roi_align)
 from occluded_ppe_ros.skeleton import NUM_KEYPOINTS
 
 
@@ -113,8 +113,8 @@ class PoseStage(nn.Module):
         Returns:
             float [R, C, roi_height, roi_width].
         """
-        return roi_align(features, rois, output_size=(self.cfg.roi_height, self.cfg.roi_width),
-                         spatial_scale=1.0 / self.stride, sampling_ratio=2, aligned=True)
+        return trainable_roi_align(features, rois, (self.cfg.roi_height, self.cfg.roi_width),
+                                   1.0 / self.stride, sampling_ratio=2)
 
     def pool_detail(self, images: torch.Tensor, rois: torch.Tensor, gate: torch.Tensor
                     ) -> torch.Tensor | None:
