@@ -6,7 +6,7 @@ the trainer (data loading, both domains' forward, backward, SGD step); the first
 and the median and mean of the rest are reported, with the ratio stage 2 / stage 1.
 
 Usage (from the repository root):
-    .venv/bin/python benchmarks/stage_timing.py [--iters 30] [--warmup 5] [--threads 1] [--batch-size 4]
+    .venv/bin/python benchmarks/stage_timing.py [--iters 30] [--warmup 5] [--threads 1] [--batch-size N]
         [--out runs/stage_timing]
 The CPU of this machine is shared: run it on an otherwise idle machine for stable numbers.
 """
@@ -30,7 +30,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--iters', type=int, default=30, help='timed iterations per stage (after warm-up)')
     parser.add_argument('--warmup', type=int, default=5, help='iterations dropped from the statistics')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
-    parser.add_argument('--batch-size', type=int, default=4, help='images per domain per iteration')
+    parser.add_argument('--batch-size', type=int, default=None,
+                        help="source images per iteration (default: the presets'; the target domain keeps "
+                             "its data.citypersons.batch_size)")
     parser.add_argument('--out', default='runs/stage_timing', help='output folder')
     args = parser.parse_args(argv)
     _import_source_tree()
@@ -42,7 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     total = args.iters + args.warmup
     common = [f'threads={args.threads}', 'progress=false', f'max_iters={total}',
-              f'batch_size={args.batch_size}', f'checkpoint_every={total}', 'eval.every=0']
+              f'checkpoint_every={total}', 'eval.every=0']
+    if args.batch_size is not None:
+        common.append(f'batch_size={args.batch_size}')
     stage1 = load_config(REPO_ROOT / 'config' / 'train_tiny_stage1.yaml',
                          [*common, f'output_dir={out / "stage1"}'])
     first = train(stage1)
@@ -59,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {
         'command': ' '.join([sys.executable, *sys.argv]),
-        'threads': args.threads, 'batch_size_per_domain': args.batch_size,
+        'threads': args.threads,
+        'images_per_iteration': {domain: data.batch_size or stage2.batch_size
+                                 for domain, data in stage2.data.items()},
         'input_size': stage1.input_size, 'torch': torch.__version__,
         'stage1': stats(first.iteration_seconds), 'stage2': stats(second.iteration_seconds),
     }
