@@ -28,6 +28,10 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from occluded_ppe_training.trainer import TrainResult
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -75,7 +79,7 @@ def evaluate_synthetic(checkpoint: Path, heldout: Path, threads: int, domain: st
             'images': len(gt['images']), 'seconds': time.perf_counter() - start}
 
 
-def fitted_iterations(probe, probe_wall_s: float, seconds_left: float) -> int:
+def fitted_iterations(probe: TrainResult, probe_wall_s: float, seconds_left: float) -> int:
     """The iteration count a stage resumed after `probe` reaches in `seconds_left` (at least probe + 1).
 
     Args:

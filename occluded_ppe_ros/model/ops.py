@@ -91,7 +91,7 @@ def rois_from_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
 
 def _roi_axis_weights(start: torch.Tensor, bin_size: torch.Tensor, bins: int, sampling_ratio: int,
                       size: int) -> torch.Tensor:
-    """RoIAlign's bilinear sampling along one axis as a matrix: [R, bins, size].
+    """The bilinear sampling of RoIAlign along one axis as a matrix: [R, bins, size].
 
     Row b of RoI r holds the weights with which the `sampling_ratio` samples of bin b (at
     start + (b + (i + 0.5) / sampling_ratio) x bin_size, map-cell index coordinates) read the map's
@@ -152,7 +152,7 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size:
 
 def trainable_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size: tuple[int, int],
                         spatial_scale: float, sampling_ratio: int = 2) -> torch.Tensor:
-    """RoIAlign (aligned=True): `roi_align_separable` where a gradient will flow, torchvision otherwise.
+    """The RoIAlign (aligned=True) of `roi_align_separable` where a gradient will flow, else torchvision's.
 
     Inference and ONNX export keep torchvision's op, which exports as ONNX RoiAlign
     (docs: EXPORT_FACTS); training takes the separable form for its fast backward pass.
