@@ -22,6 +22,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.ops import roi_align
 
 from occluded_ppe_ros.model.config import HEATMAP_LOSSES, SUBCELL_DECODINGS
 
@@ -122,7 +123,7 @@ def roi_align_separable(features: torch.Tensor, rois: torch.Tensor, output_size:
 
     Bilinear sampling on a grid that is the product of a row grid and a column grid is separable, so
     each RoI's output is Wy @ map @ Wx^T with Wy [out_h, H] and Wx [out_w, W] (`_roi_axis_weights`).
-    The values equal torchvision's to float rounding (test_model.py); the point is the backward pass:
+    The values equal torchvision's to float rounding (test_ops.py); the point is the backward pass:
     torchvision's CPU RoIAlign backward scatters every sample's gradient one by one on one thread, and
     for the pose and mask heads of the tiny preset it was about 8 % of a stage-2 training step. Here it
     is two matrix products and an index_add.
@@ -159,8 +160,6 @@ def trainable_roi_align(features: torch.Tensor, rois: torch.Tensor, output_size:
     """
     if features.requires_grad and torch.is_grad_enabled() and not torch.jit.is_tracing():
         return roi_align_separable(features, rois, output_size, spatial_scale, sampling_ratio)
-    from torchvision.ops import roi_align
-
     return roi_align(features, rois, output_size=output_size, spatial_scale=spatial_scale,
                      sampling_ratio=sampling_ratio, aligned=True)
 
