@@ -10,6 +10,9 @@ Raising the mmap threshold to 256 MiB and the trim threshold to 1 GiB keeps thos
 and reuses them (what tcmalloc and jemalloc, which PyTorch's CPU performance guide recommends, do by
 design). The same 60 steps then took about 190 000 faults, nearly all of them start-up.
 
+The trainer on the CPU and the torch inference backend on the CPU both call it. Eager inference has the
+same pattern: the default model on a 640x480 image took about 21 000 faults per call by default.
+
 Only glibc has `mallopt`; elsewhere (macOS, musl) this is a no-op. A user who sets
 `MALLOC_MMAP_THRESHOLD_` or `MALLOC_TRIM_THRESHOLD_` in the environment keeps their own setting.
 """

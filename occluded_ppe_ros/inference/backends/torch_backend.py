@@ -6,6 +6,7 @@ import os
 import numpy as np
 import torch
 
+from occluded_ppe_ros.cpu_allocator import keep_large_buffers_in_heap
 from occluded_ppe_ros.model.config import ModelConfig
 from occluded_ppe_ros.model.deploy import OUTPUT_NAMES, DeployModel
 from occluded_ppe_ros.model.network import PPENet
@@ -32,7 +33,9 @@ class TorchBackend:
             domain: branch to run; default the model config's inference domain.
             max_detections: K rows per image; default the model config's.
             input_size: (H, W), multiples of 32; default the model config's.
-            device: 'cpu', 'cuda', or a torch.device.
+            device: 'cpu', 'cuda', or a torch.device. On the CPU this also sets the process's glibc
+                malloc thresholds (`keep_large_buffers_in_heap`): the model's activation buffers are
+                then reused from call to call instead of mapped and faulted in again.
         """
         cfg = model.cfg.inference
         self.domain = domain or cfg.domain
@@ -43,6 +46,13 @@ class TorchBackend:
         if str(device).startswith('cuda') and not torch.cuda.is_available():
             raise ValueError(f'device {device!r} asked for, but torch sees no CUDA GPU')
         self.device = torch.device(device)
+        if self.device.type == 'cpu':
+            # eager inference frees and re-allocates the same multi-megabyte activations every call, and
+            # default glibc maps them afresh each time: the default model on a 640x480 image (network
+            # input 352x256) took about 21 000 page faults per call and a median 171 ms, against almost
+            # none and 148 ms with the buffers reused (2 threads, 4 process pairs;
+            # benchmarks/cpu_allocator_inference.py)
+            keep_large_buffers_in_heap()
         self.class_names = list(ModelConfig.class_names(self.domain))
         self.deploy = DeployModel(model, self.domain, self.max_detections).eval().to(self.device)
 
