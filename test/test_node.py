@@ -268,6 +268,22 @@ def test_old_frames_are_dropped_and_counted(spinning_executor, checkpoint):
     assert not probe.outputs_for('detections', stale.header)
 
 
+def test_destroying_an_active_node_stops_its_inference_worker(spinning_executor, checkpoint):
+    node = start_node(spinning_executor, checkpoint, max_frame_age_ms=0.0)
+    activate(node)
+    probe = Probe(spinning_executor)
+    assert probe.publish_until(spinning_executor, make_image_message(64, 48, stamp_sec=300), ('detections',))
+    worker = node._worker
+    assert worker is not None and worker.is_alive()
+    # the executor stops first so that no callback of its is in flight; the node itself gets no shutdown
+    # transition before destroy_node, which is what a process embedding it may do
+    spinning_executor.executor.remove_node(node)
+    spinning_executor.shutdown()
+    node.destroy_node()
+    assert not worker.is_alive()
+    assert node._outputs == {} and node._predictor is None
+
+
 def test_runtime_parameters_and_lifecycle_services(spinning_executor, checkpoint):
     from lifecycle_msgs.msg import Transition
     from lifecycle_msgs.srv import ChangeState, GetState

@@ -195,6 +195,15 @@ class PPENode(LifecycleNode):
         self._teardown()
         return TransitionCallbackReturn.SUCCESS
 
+    def destroy_node(self) -> None:
+        """Stop the inference worker and destroy the node's topics, then the node.
+
+        A process that embeds the node may destroy it while it is active, without the shutdown
+        transition; the worker would then keep running and publish on destroyed publishers.
+        """
+        self._teardown()
+        super().destroy_node()
+
     def _teardown(self) -> None:
         """Stop the worker, destroy topics and timer, free the model (safe to call twice)."""
         self._active.clear()
@@ -409,7 +418,6 @@ def main(args: list[str] | None = None) -> int:
         pass
     finally:
         if node is not None:
-            node._teardown()
             node.destroy_node()
         rclpy.try_shutdown()
     return status
