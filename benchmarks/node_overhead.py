@@ -256,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['overhead_ms']:.1f} | {r['overhead_percent_of_e2e']:.1f} % | {stages['decode']:.1f} | "
               f"{stages['publish']:.1f} |")
     if args.json:
+        # the folder may not exist yet on a fresh clone (outputs/ is ignored by git)
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2))
     return 0
 

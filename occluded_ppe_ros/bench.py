@@ -570,6 +570,12 @@ def run_bench(settings: BenchSettings, only: list[str] | None = None, command: s
               profile: bool = False) -> dict:
     """Run the selected ROWS (all by default), optionally the stage profile, and return the JSON report."""
     torch.set_num_threads(settings.threads)
+    # The torch backend sets glibc's thresholds when it opens (row default_torch), and the setting is
+    # process-wide: set it before the first row so that every row, ours and torchvision's, is timed
+    # under the same allocator, whichever rows are selected.
+    from occluded_ppe_ros.cpu_allocator import keep_large_buffers_in_heap
+
+    large_buffers_in_heap = keep_large_buffers_in_heap()
     specs: list[RowSpec] = []
     skipped: dict[str, str] = {}
     with tempfile.TemporaryDirectory(prefix='ppe_bench_') as workdir:
@@ -603,7 +609,9 @@ def run_bench(settings: BenchSettings, only: list[str] | None = None, command: s
         data['utilisation'] = None if row.flops is None else row.flops / (row.median_ms / 1e3 * peak)
         row_dicts.append(data)
     return {'command': command, 'date': datetime.datetime.now().isoformat(timespec='seconds'),
-            'settings': dataclasses.asdict(settings), 'machine': machine_info(settings.threads),
+            'settings': dataclasses.asdict(settings),
+            'machine': {**machine_info(settings.threads),
+                        'glibc_keeps_large_buffers_in_heap (cpu_allocator.py)': large_buffers_in_heap},
             'matmul_peak_gflops': round(peak / 1e9, 2),
             'matmul_peak_gflops_after': round(peak_after / 1e9, 2),
             'load_average_1min_at_end': round(os.getloadavg()[0], 2), 'rows': row_dicts,
