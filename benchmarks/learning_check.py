@@ -176,8 +176,11 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare_synthetic(stage2.eval.data)
     metrics = evaluate_synthetic(second.checkpoint, heldout, args.threads)
+    from occluded_ppe_ros.bench import machine_after_run
+
     summary = {
         'command': ' '.join([sys.executable, *sys.argv]),
+        'machine': machine_after_run(args.threads),
         'budget_s': args.budget_s, 'train_seconds': train_seconds,
         'stage1_seconds_per_iteration': stage1_seconds / first.iteration,
         'stage1': {'iterations': first.iteration, 'seconds': stage1_seconds,

@@ -61,8 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         return {'median_s': statistics.median(timed), 'mean_s': statistics.fmean(timed),
                 'iterations': len(timed)}
 
+    from occluded_ppe_ros.bench import machine_after_run
+
     summary = {
         'command': ' '.join([sys.executable, *sys.argv]),
+        'machine': machine_after_run(args.threads),
         'threads': args.threads,
         'images_per_iteration': {domain: data.batch_size or stage2.batch_size
                                  for domain, data in stage2.data.items()},

@@ -479,6 +479,22 @@ def machine_info(threads: int) -> dict:
             'platform': platform.platform()}
 
 
+def machine_after_run(threads: int) -> dict:
+    """`machine_info` for a benchmark script's summary, taken after its run.
+
+    The load average is the one at the end, and the float32 matmul peak (GFLOP/s, `threads` threads)
+    is measured now.
+
+    The sandbox's CPU has differed between sessions (Intel Xeon, 374 GFLOP/s on 2026-11-25; AMD EPYC,
+    120-160 on 2026-12-03), and a time budget buys iterations in proportion, so each result names it.
+    """
+    info = machine_info(threads)
+    info.pop('load_average_1min_at_start')
+    info['load_average_1min_at_end'] = round(os.getloadavg()[0], 2)
+    info['matmul_peak_gflops'] = round(measure_matmul_peak(threads) / 1e9, 1)
+    return info
+
+
 def ratios_of(rows: dict[str, Row]) -> list[dict]:
     """Each RATIOS entry whose rows both ran, with its target and whether the median meets it.
 

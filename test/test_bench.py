@@ -94,3 +94,10 @@ def test_shipped_files_resolve_in_the_checkout_then_the_install_prefix(tmp_path,
     (installed / 'only_installed.jpg').write_bytes(b'jpeg')
     monkeypatch.setattr(sys, 'prefix', str(tmp_path))
     assert default_model.find_shipped_file('samples/only_installed.jpg') == installed / 'only_installed.jpg'
+
+
+def test_machine_after_run_names_the_cpu_its_peak_and_the_load_at_the_end():
+    info = bench.machine_after_run(threads=1)
+    assert info['cpu_model'] and info['threads_used'] == 1
+    assert info['matmul_peak_gflops'] > 0.0
+    assert 'load_average_1min_at_end' in info and 'load_average_1min_at_start' not in info
