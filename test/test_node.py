@@ -133,11 +133,17 @@ class Probe:
     def call(self, spinner, service_type, name: str, request, timeout: float = 30.0):
         # One client per service for the probe's lifetime: a fresh client per call must be discovered
         # anew each time, which under a fully loaded CPU took longer than the timeout (seen in CI).
+        # Only a new client waits for the service; later calls go straight out. Under load, a full
+        # test_node.py run once saw a server that had answered seconds before reported unavailable for
+        # 30 s. rmw_fastrtps's service_is_ready needs as many request readers as reply writers on the
+        # service's topics across the domain, so the half-removed endpoints of an earlier test's
+        # ppe_node (same service names) probably hid it. A lost request still fails below, at the
+        # answer's timeout.
         key = (service_type, name)
         client = self._clients.get(key)
         if client is None:
             client = self._clients[key] = self.node.create_client(service_type, name)
-        assert client.wait_for_service(timeout_sec=timeout), f'{name} not available'
+            assert client.wait_for_service(timeout_sec=timeout), f'{name} not available'
         future = client.call_async(request)
         assert spinner.wait_for(future.done, timeout=timeout), f'{name} did not answer'
         return future.result()
