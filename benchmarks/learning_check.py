@@ -133,8 +133,9 @@ def main(argv: list[str] | None = None) -> int:
                                              # stays near the start of it
                                              'lr_schedule.decay_iters=1000000', *args.overrides])
     stage1_probe = train(probe)
-    stage1_iters = fitted_iterations(stage1_probe, time.perf_counter() - start,
-                                     args.budget_s * args.stage1_share - (time.perf_counter() - start))
+    probe_wall_s = time.perf_counter() - start
+    stage1_iters = fitted_iterations(stage1_probe, probe_wall_s,
+                                     args.budget_s * args.stage1_share - probe_wall_s)
     stage1 = load_config(args.stage1_config, [
         *common, f'output_dir={out / "stage1"}', f'max_iters={stage1_iters}',
         f'lr_schedule.step_size={max(4 * stage1_iters // 5, args.probe_iters + 1)}',
@@ -163,10 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     stage2_start = time.perf_counter()
     stage2_probe = train(stage2_config(provisional, [f'max_iters={args.stage2_probe_iters}',
                                                      'lr_schedule.decay_iters=1000000']))
-    stage2_iters = fitted_iterations(stage2_probe, time.perf_counter() - stage2_start,
-                                     args.budget_s - (time.perf_counter() - start))
-    seconds_left = max(args.budget_s - (time.perf_counter() - start), 1.0)
-    stage2 = stage2_config(stage2_iters, [f'time_limit_s={seconds_left}'])
+    seconds_left = args.budget_s - (time.perf_counter() - start)
+    stage2_iters = fitted_iterations(stage2_probe, time.perf_counter() - stage2_start, seconds_left)
+    stage2 = stage2_config(stage2_iters, [f'time_limit_s={max(seconds_left, 1.0)}'])
     second = train(stage2, resume=True)
     train_seconds = time.perf_counter() - start
     heldout = Path(stage2.eval.data.directory) if stage2.eval.data is not None else None

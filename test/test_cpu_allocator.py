@@ -42,14 +42,14 @@ else:
 print(json.dumps({{'applied': applied, 'mmapped_bytes': mmapped_bytes}}))
 '''
 
-# Allocates and frees a 64 MiB tensor `loops` times, as a training step does with its activations, and
-# prints the minor page faults those allocations cost.
+# Runs `setup`, then allocates and frees a 64 MiB tensor `loops` times, as a training step does with its
+# activations, and prints the minor page faults those allocations cost.
 _CHURN = '''
 import json, resource, sys
 import torch
 sys.path.insert(0, {root!r})
 from occluded_ppe_ros.cpu_allocator import keep_large_buffers_in_heap
-applied = keep_large_buffers_in_heap() if {apply} else None
+{setup}
 torch.ones(16 * 1024 * 1024).sum()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range({loops}):
@@ -88,7 +88,7 @@ def _run(script: str, apply: bool, extra_env: dict[str, str] | None = None, loop
     env = {k: v for k, v in os.environ.items() if not k.startswith('MALLOC_')}
     env.update(extra_env or {})
     setup = setup.format(apply=apply, test_dir=str(REPO_ROOT / 'test'))
-    code = script.format(root=str(REPO_ROOT), apply=apply, loops=loops, setup=setup)
+    code = script.format(root=str(REPO_ROOT), loops=loops, setup=setup)
     out = subprocess.run([sys.executable, '-c', code],
                          env=env, capture_output=True, text=True, check=True, timeout=120)
     return json.loads(out.stdout.strip().splitlines()[-1])
