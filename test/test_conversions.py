@@ -1,6 +1,8 @@
 """Message conversions against independent references: hand-packed bytes, plain-Python RLE, serialisation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import cv2
 import numpy as np
 import pytest
@@ -246,3 +248,22 @@ def test_numpy_to_image_round_trip():
     message = deserialize_message(serialize_message(conversions.numpy_to_image(rgb, header(), 'rgb8')), Image)
     assert message.header == header()
     np.testing.assert_array_equal(conversions.image_to_rgb(message, max_pixels=100), rgb)
+
+
+def test_keypoint_message_documents_the_occlusion_rule_the_node_applies():
+    """Keypoint2D.msg's state comments name what sets them: the occlusion head against occlusion_threshold,
+    the score against keypoint_threshold (both node parameters), not the visible mask."""
+    from occluded_ppe_ros.ros.parameters import PARAMETERS_BY_NAME
+
+    message = Path(__file__).resolve().parents[1] / 'interfaces/occluded_ppe_msgs/msg/Keypoint2D.msg'
+    comments = {line.split('=')[0].split()[-1]: line.split('#', 1)[1]
+                for line in message.read_text().splitlines() if line.startswith('uint8 STATE_')}
+    assert 'occlusion head' in comments['STATE_OCCLUDED']
+    assert 'occlusion_threshold' in comments['STATE_OCCLUDED']
+    assert 'occlusion_threshold' in comments['STATE_VISIBLE']
+    assert 'keypoint_threshold' in comments['STATE_NOT_PRESENT']
+    assert 'mask' not in comments['STATE_OCCLUDED'] + comments['STATE_VISIBLE']
+    assert {'occlusion_threshold', 'keypoint_threshold'} <= set(PARAMETERS_BY_NAME)
+    # and the rule itself: an occlusion flag makes a joint OCCLUDED whatever the mask says
+    states = draw.keypoint_states(np.full(13, 0.9), np.arange(13) < 4, 0.1)
+    assert states.tolist() == [Keypoint2D.STATE_OCCLUDED] * 4 + [Keypoint2D.STATE_VISIBLE] * 9
