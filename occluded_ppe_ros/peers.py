@@ -29,6 +29,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from occluded_ppe_ros.inference.nms import greedy_nms
 from occluded_ppe_ros.inference.results import Pedestrian
 from occluded_ppe_ros.skeleton import coco17_to_13
 
@@ -74,34 +75,6 @@ def resize_long_side(image: np.ndarray, long_side: int, multiple: int = 32) -> t
     canvas = np.zeros((canvas_h, canvas_w, 3), dtype=np.uint8)
     canvas[:new_h, :new_w] = resized
     return canvas, scale
-
-
-def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy non-maximum suppression.
-
-    Args:
-        boxes: float [N, 4] x1, y1, x2, y2.
-        scores: float [N].
-        iou_threshold: a box is dropped when its IoU with a kept higher-scoring box exceeds this.
-
-    Returns:
-        int64 [K] indices of the kept boxes, by decreasing score.
-    """
-    order = np.argsort(-scores, kind='stable')
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    keep: list[int] = []
-    while order.size:
-        best = int(order[0])
-        keep.append(best)
-        rest = order[1:]
-        x1 = np.maximum(boxes[best, 0], boxes[rest, 0])
-        y1 = np.maximum(boxes[best, 1], boxes[rest, 1])
-        x2 = np.minimum(boxes[best, 2], boxes[rest, 2])
-        y2 = np.minimum(boxes[best, 3], boxes[rest, 3])
-        inter = np.clip(x2 - x1, 0, None) * np.clip(y2 - y1, 0, None)
-        iou = inter / np.maximum(areas[best] + areas[rest] - inter, 1e-12)
-        order = rest[iou <= iou_threshold]
-    return np.asarray(keep, dtype=np.int64)
 
 
 def square_crop_transform(box: np.ndarray, size: int, margin: float) -> np.ndarray:
@@ -224,7 +197,7 @@ def decode_nanodet(outputs: dict[int, tuple[np.ndarray, np.ndarray]], input_size
         return np.zeros((0, 4), dtype=np.float32), np.zeros(0, dtype=np.float32)
     boxes = np.concatenate(all_boxes)
     scores = np.concatenate(all_scores)
-    keep = nms(boxes, scores, nms_iou)[:max_detections]
+    keep = greedy_nms(boxes, scores, nms_iou)[:max_detections]
     return boxes[keep].astype(np.float32), scores[keep].astype(np.float32)
 
 

@@ -11,7 +11,8 @@ import torch
 import torchvision
 
 from occluded_ppe_ros.inference.backends.torch_backend import TorchBackend
-from occluded_ppe_ros.inference.postprocess import nms_numpy, paste_mask, to_pedestrians
+from occluded_ppe_ros.inference.nms import greedy_nms
+from occluded_ppe_ros.inference.postprocess import paste_mask, to_pedestrians
 from occluded_ppe_ros.inference.predictor import Predictor
 from occluded_ppe_ros.inference.preprocess import letterbox, letterbox_geometry
 from occluded_ppe_ros.inference.results import Pedestrian
@@ -132,7 +133,7 @@ def test_paste_mask_hand_computed_and_against_slow_reference():
         np.testing.assert_array_equal(mask, ref_mask)
 
 
-def test_nms_numpy_matches_torchvision_batched_nms():
+def test_greedy_nms_matches_torchvision_batched_nms():
     rng = np.random.default_rng(1)
     corners = rng.uniform(0, 80, size=(40, 2))
     boxes = np.concatenate([corners, corners + rng.uniform(5, 40, size=(40, 2))], 1).astype(np.float32)
@@ -140,7 +141,7 @@ def test_nms_numpy_matches_torchvision_batched_nms():
     labels = rng.integers(0, 2, size=40)
     expected = torchvision.ops.batched_nms(torch.from_numpy(boxes), torch.from_numpy(scores),
                                            torch.from_numpy(labels), 0.4).numpy()
-    assert nms_numpy(boxes, scores, labels, 0.4).tolist() == expected.tolist()
+    assert greedy_nms(boxes, scores, 0.4, labels=labels).tolist() == expected.tolist()
 
 
 def hand_outputs() -> dict[str, np.ndarray]:
@@ -254,8 +255,8 @@ def test_predictor_thresholds_are_validated_and_applied(checkpoint_path):
     fewer = predictor.predict(image)
     boxes = np.array([p.box for p in fewer])
     assert len(fewer) <= len(everything)
-    assert nms_numpy(boxes, np.array([p.score for p in fewer]), np.array([p.class_id for p in fewer]),
-                     0.05).size == len(fewer)
+    assert greedy_nms(boxes, np.array([p.score for p in fewer]), 0.05,
+                      labels=np.array([p.class_id for p in fewer])).size == len(fewer)
 
 
 def test_predictor_wraps_a_network_directly_at_another_input_size():

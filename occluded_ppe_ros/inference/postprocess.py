@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from occluded_ppe_ros.inference.nms import greedy_nms
 from occluded_ppe_ros.inference.preprocess import Letterbox
 from occluded_ppe_ros.inference.results import Pedestrian
 
@@ -80,31 +81,6 @@ def paste_mask(mask_probs: np.ndarray, box: np.ndarray, image_height: int, image
     return crop > threshold, origin
 
 
-def nms_numpy(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """Greedy class-wise NMS. Returns the kept indices, highest score first (int64 [N_kept])."""
-    order = np.argsort(-scores, kind='stable')
-    keep: list[int] = []
-    areas = np.clip(boxes[:, 2] - boxes[:, 0], 0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 0, None)
-    suppressed = np.zeros(len(scores), dtype=bool)
-    for position, index in enumerate(order):
-        if suppressed[index]:
-            continue
-        keep.append(int(index))
-        rest = order[position + 1:]
-        rest = rest[(labels[rest] == labels[index]) & ~suppressed[rest]]
-        if rest.size == 0:
-            continue
-        ix1 = np.maximum(boxes[index, 0], boxes[rest, 0])
-        iy1 = np.maximum(boxes[index, 1], boxes[rest, 1])
-        ix2 = np.minimum(boxes[index, 2], boxes[rest, 2])
-        iy2 = np.minimum(boxes[index, 3], boxes[rest, 3])
-        intersection = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-        union = areas[index] + areas[rest] - intersection
-        iou = intersection / np.maximum(union, 1e-9)
-        suppressed[rest[iou > iou_threshold]] = True
-    return np.array(keep, dtype=np.int64)
-
-
 def to_pedestrians(outputs: dict[str, np.ndarray], geometry: Letterbox, class_names: Sequence[str],
                    score_threshold: float, mask_threshold: float = 0.5, occlusion_threshold: float = 0.5,
                    nms_threshold: float | None = None) -> list[Pedestrian]:
@@ -130,7 +106,7 @@ def to_pedestrians(outputs: dict[str, np.ndarray], geometry: Letterbox, class_na
     boxes_net = np.asarray(outputs['boxes'], dtype=np.float32)[keep]
     labels = np.asarray(outputs['labels']).astype(np.int64)[keep]
     if nms_threshold is not None:
-        kept = nms_numpy(boxes_net, scores[keep], labels, nms_threshold)
+        kept = greedy_nms(boxes_net, scores[keep], nms_threshold, labels=labels)
         keep, boxes_net, labels = keep[kept], boxes_net[kept], labels[kept]
     order = np.argsort(-scores[keep], kind='stable')
     keep, boxes_net, labels = keep[order], boxes_net[order], labels[order]
