@@ -20,8 +20,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _key(**changes) -> te.EngineKey:
-    fields = {'tensorrt_version': '10.13.0', 'compute_capability': '8.7', 'precision': 'fp16',
-              'input_shape': (1, 3, 480, 640), 'onnx_sha256': 'a' * 64}
+    """A valid key; the precision-specific field (fp16 route, int8 calibration hash) follows the precision."""
+    precision = changes.get('precision', 'fp16')
+    fields = {'tensorrt_version': '10.13.0', 'compute_capability': '8.7', 'precision': precision,
+              'input_shape': (1, 3, 480, 640), 'onnx_sha256': 'a' * 64,
+              'fp16_route': f'{te.FP16_ROUTE_AUTOCAST}/0.33.0' if precision == 'fp16' else '',
+              'calibration_sha256': 'c' * 64 if precision == 'int8' else ''}
     fields.update(changes)
     return te.EngineKey(**fields)
 
@@ -39,7 +43,9 @@ def test_key_digest_changes_with_every_field_and_only_then():
     assert _key(input_shape=[1, 3, 480, 640]).digest == base.digest   # list vs tuple is the same key
     changed = [_key(tensorrt_version='11.4.0'), _key(compute_capability='9.0'), _key(precision='int8'),
                _key(input_shape=(1, 3, 512, 640)), _key(input_shape=(2, 3, 480, 640)),
-               _key(onnx_sha256='b' * 64)]
+               _key(onnx_sha256='b' * 64), _key(fp16_route=te.FP16_ROUTE_BUILDER_FLAG),
+               _key(fp16_route=f'{te.FP16_ROUTE_AUTOCAST}/0.35.0'),
+               _key(precision='int8', calibration_sha256='d' * 64)]
     digests = {k.digest for k in changed}
     assert base.digest not in digests
     assert len(digests) == len(changed)
@@ -50,6 +56,10 @@ def test_key_digest_changes_with_every_field_and_only_then():
     ({'input_shape': (1, 1, 480, 640)}, 'input_shape'),
     ({'input_shape': (1, 3, 0, 640)}, 'input_shape'),
     ({'onnx_sha256': 'abc'}, 'onnx_sha256'),
+    ({'fp16_route': ''}, 'fp16_route'),
+    ({'precision': 'fp32', 'fp16_route': te.FP16_ROUTE_BUILDER_FLAG}, 'fp16_route'),
+    ({'precision': 'int8', 'calibration_sha256': ''}, 'calibration_sha256'),
+    ({'precision': 'fp32', 'calibration_sha256': 'c' * 64}, 'calibration_sha256'),
 ])
 def test_key_rejects_bad_fields_naming_them(bad, message):
     with pytest.raises(ValueError, match=message):
@@ -98,6 +108,76 @@ def test_engine_key_hashes_the_onnx_file(tmp_path):
     assert key1.onnx_sha256 == hashlib.sha256(b'graph v1').hexdigest()
     assert key1.compute_capability == '8.7'
     assert key1.digest != key2.digest
+
+
+def test_engine_key_of_int8_changes_with_the_calibration_images(tmp_path):
+    """Another calibration folder, or an edited, added or renamed image in it, is another int8 engine."""
+    import cv2
+
+    onnx_file = tmp_path / 'm.onnx'
+    onnx_file.write_bytes(b'graph')
+    first, second = tmp_path / 'calib_a', tmp_path / 'calib_b'
+    for folder, seed in ((first, 0), (second, 1)):
+        folder.mkdir()
+        rng = np.random.default_rng(seed)
+        for index in range(3):
+            pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+            assert cv2.imwrite(str(folder / f'{index}.png'), pixels)
+    (first / 'notes.txt').write_text('not an image: not part of the set')
+
+    def key(folder: Path, max_images: int = 64) -> te.EngineKey:
+        return te.engine_key(onnx_file, 'int8', (1, 3, 64, 96), '10.13.0', (8, 7),
+                             calibration_sha256=te.calibration_set_sha256(folder, max_images))
+
+    base = key(first)
+    assert key(first).digest == base.digest
+    (first / 'notes.txt').unlink()
+    assert key(first).digest == base.digest
+    digests = {key(second).digest, key(first, max_images=2).digest}
+    (first / '2.png').rename(first / '9.png')
+    digests.add(key(first).digest)
+    image = cv2.imread(str(first / '0.png'))
+    image[0, 0] = 255 - image[0, 0]
+    assert cv2.imwrite(str(first / '0.png'), image)
+    digests.add(key(first).digest)
+    assert base.digest not in digests and len(digests) == 4
+    # the sidecar the cache compares on lookup names the calibration hash too
+    assert len(base.to_dict()['calibration_sha256']) == 64
+    with pytest.raises(ValueError, match='no .* image'):
+        te.calibration_set_sha256(tmp_path, 64)
+    with pytest.raises(ValueError, match='not a directory'):
+        te.calibration_set_sha256(tmp_path / 'missing', 64)
+
+
+def test_fp16_route_names_autocast_with_its_version_else_the_builder_flag(monkeypatch):
+    """The route is part of the fp16 key: ModelOpt AutoCast (versioned) and the weakly typed builder flag
+    give different engines; without either there is no fp16 build."""
+    import types
+    from importlib import metadata
+
+    class FlagsWithFP16:
+        FP16 = 1
+
+    class FlagsWithoutFP16:
+        pass
+
+    monkeypatch.setitem(sys.modules, 'modelopt.onnx.autocast', None)      # ModelOpt absent
+    assert te.fp16_route(FlagsWithFP16) == te.FP16_ROUTE_BUILDER_FLAG
+    with pytest.raises(te.TensorRTUnavailableError, match='nvidia-modelopt'):
+        te.fp16_route(FlagsWithoutFP16)
+    autocast = types.ModuleType('modelopt.onnx.autocast')
+    autocast.convert_to_mixed_precision = lambda **kwargs: None
+    for name in ('modelopt', 'modelopt.onnx'):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, 'modelopt.onnx.autocast', autocast)
+    monkeypatch.setattr(metadata, 'version', lambda name: {'nvidia-modelopt': '0.33.1'}[name])
+    assert te.fp16_route(FlagsWithFP16) == f'{te.FP16_ROUTE_AUTOCAST}/0.33.1'
+    assert te.fp16_route(FlagsWithoutFP16) == f'{te.FP16_ROUTE_AUTOCAST}/0.33.1'
+    onnx_file = Path(__file__)
+    keys = {te.engine_key(onnx_file, 'fp16', (1, 3, 64, 96), '10.13.0', (8, 7), fp16_route=route).digest
+            for route in (te.FP16_ROUTE_BUILDER_FLAG, f'{te.FP16_ROUTE_AUTOCAST}/0.33.1',
+                          f'{te.FP16_ROUTE_AUTOCAST}/0.35.0')}
+    assert len(keys) == 3
 
 
 class _TinyConvNet(torch.nn.Module):

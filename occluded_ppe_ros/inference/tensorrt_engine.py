@@ -13,8 +13,12 @@ Precision lives in the ONNX graph, not in builder flags, so one build path serve
   and RoIAlign stay float.
 
 The engine cache directory holds `<key digest>.engine` plus `<key digest>.json` naming the key fields:
-TensorRT version, GPU compute capability, precision, input shape [B, 3, H, W] and the sha256 of the
-fp32 ONNX file. An unchanged key reuses the engine file; any changed field gives a new digest, so a build.
+TensorRT version, GPU compute capability, precision, input shape [B, 3, H, W], the sha256 of the
+fp32 ONNX file, and what else decides the engine's numbers: for fp16 the conversion route (ModelOpt
+AutoCast and its version, or the weakly typed builder flag), for int8 the sha256 of the calibration
+image set (the names and bytes of the files `calibration_images` reads). An unchanged key reuses the
+engine file; any changed field gives a new digest, so a build (a new calibration folder, or ModelOpt
+installed where the builder flag was used before, no longer reuses a stale engine).
 """
 from __future__ import annotations
 
@@ -39,6 +43,9 @@ DEFAULT_BATCH = 1
 CALIBRATION_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp')
 # Q/DQ only where TensorRT fuses it into int8 kernels; detection post-processing stays float.
 INT8_OP_TYPES = ('Conv', 'ConvTranspose', 'MatMul', 'Gemm')
+# The two ways fp16 gets into an engine (EngineKey.fp16_route): they give different engines.
+FP16_ROUTE_AUTOCAST = 'modelopt_autocast'           # + '/<nvidia-modelopt version>'
+FP16_ROUTE_BUILDER_FLAG = 'tensorrt_builder_flag_fp16'  # weakly typed build, TensorRT 10 only
 
 
 class TensorRTUnavailableError(RuntimeError):
@@ -95,6 +102,8 @@ class EngineKey:
         precision: one of PRECISIONS.
         input_shape: (B, 3, H, W) of the `images` input the engine is built for.
         onnx_sha256: sha256 of the fp32 ONNX file the engine comes from.
+        fp16_route: fp16 only (else ''): how fp16 got into the engine, `fp16_route()`.
+        calibration_sha256: int8 only (else ''): `calibration_set_sha256()` of the calibration images.
     """
 
     tensorrt_version: str
@@ -102,6 +111,8 @@ class EngineKey:
     precision: str
     input_shape: tuple[int, int, int, int]
     onnx_sha256: str
+    fp16_route: str = ''
+    calibration_sha256: str = ''
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -112,6 +123,16 @@ class EngineKey:
         object.__setattr__(self, 'input_shape', shape)
         if len(self.onnx_sha256) != 64:
             raise ValueError(f'onnx_sha256 must be 64 hex digits, got {self.onnx_sha256!r}')
+        # A field that does not apply must be empty, so one engine has exactly one key.
+        if (self.precision == 'fp16') != bool(self.fp16_route):
+            raise ValueError(f'fp16_route must be given for precision fp16 and only then; got '
+                             f'{self.fp16_route!r} for {self.precision}')
+        if self.precision == 'int8' and len(self.calibration_sha256) != 64:
+            raise ValueError(f'calibration_sha256 must be 64 hex digits for precision int8, got '
+                             f'{self.calibration_sha256!r}')
+        if self.precision != 'int8' and self.calibration_sha256:
+            raise ValueError(f'calibration_sha256 applies to int8 only, got {self.calibration_sha256!r} '
+                             f'for {self.precision}')
 
     def to_dict(self) -> dict:
         """The key as a JSON-ready dict."""
@@ -218,6 +239,60 @@ def convert_onnx_fp16(onnx_path: Path, out_path: Path) -> Path:
     return out_path
 
 
+def calibration_files(calib_dir: str | os.PathLike, max_images: int) -> list[Path]:
+    """The calibration image files of a folder that int8 calibration reads: by name, the first `max_images`.
+
+    Raises:
+        ValueError: `calib_dir` is not a directory.
+    """
+    folder = Path(calib_dir)
+    if not folder.is_dir():
+        raise ValueError(f'--calib-dir {folder} is not a directory')
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in CALIBRATION_EXTENSIONS)[:max_images]
+
+
+def calibration_set_sha256(calib_dir: str | os.PathLike, max_images: int) -> str:
+    """sha256 over the name and bytes of each file `calibration_files` selects, in that order.
+
+    Any change to the images that calibrate an int8 engine (another folder, an added, removed, renamed or
+    edited image, another --max-calib-images that selects other files) changes the engine cache key.
+
+    Raises:
+        ValueError: `calib_dir` is not a directory, or holds no calibration image.
+    """
+    files = calibration_files(calib_dir, max_images)
+    if not files:
+        raise ValueError(f'no {"/".join(CALIBRATION_EXTENSIONS)} image in --calib-dir {calib_dir}')
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.name.encode() + b'\0' + sha256_file(path).encode() + b'\n')
+    return digest.hexdigest()
+
+
+def fp16_route(builder_flags: object) -> str:
+    """How an fp16 engine would be built here: FP16_ROUTE_AUTOCAST/<ModelOpt version> where ModelOpt
+    AutoCast imports, else FP16_ROUTE_BUILDER_FLAG where `builder_flags` (tensorrt.BuilderFlag) has FP16.
+
+    Raises:
+        TensorRTUnavailableError: neither route exists (TensorRT 11 without nvidia-modelopt).
+    """
+    try:
+        from modelopt.onnx.autocast import convert_to_mixed_precision  # noqa: F401 - availability probe
+    except ImportError:
+        if hasattr(builder_flags, 'FP16'):
+            return FP16_ROUTE_BUILDER_FLAG
+        raise TensorRTUnavailableError(
+            'fp16 needs NVIDIA ModelOpt to put fp16 into the ONNX (pip install "nvidia-modelopt[onnx]"); '
+            'TensorRT 11 has no FP16 builder flag') from None
+    from importlib import metadata
+
+    try:
+        version = metadata.version('nvidia-modelopt')
+    except metadata.PackageNotFoundError:
+        version = 'unknown'
+    return f'{FP16_ROUTE_AUTOCAST}/{version}'
+
+
 def calibration_images(calib_dir: str | os.PathLike, input_size: tuple[int, int],
                        max_images: int) -> np.ndarray:
     """Calibration batch float32 [N, 3, H, W] in [0, 1] from the images in a folder.
@@ -233,11 +308,8 @@ def calibration_images(calib_dir: str | os.PathLike, input_size: tuple[int, int]
     from occluded_ppe_ros.inference.preprocess import letterbox
 
     folder = Path(calib_dir)
-    if not folder.is_dir():
-        raise ValueError(f'--calib-dir {folder} is not a directory')
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in CALIBRATION_EXTENSIONS)[:max_images]
     batch = []
-    for path in files:
+    for path in calibration_files(folder, max_images):
         bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if bgr is None:
             LOG.warning('skipping unreadable calibration image %s', path)
@@ -328,12 +400,18 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, int, int, i
 
 
 def engine_key(onnx_path: str | os.PathLike, precision: str, input_shape: tuple[int, int, int, int],
-               tensorrt_version: str, compute_capability: tuple[int, int]) -> EngineKey:
-    """The cache key of an engine built from `onnx_path` (hashes the file)."""
+               tensorrt_version: str, compute_capability: tuple[int, int], fp16_route: str = '',
+               calibration_sha256: str = '') -> EngineKey:
+    """The cache key of an engine built from `onnx_path` (hashes the file).
+
+    Args:
+        fp16_route: for fp16, `fp16_route()`; calibration_sha256: for int8, `calibration_set_sha256()`.
+    """
     return EngineKey(tensorrt_version=str(tensorrt_version),
                      compute_capability=f'{compute_capability[0]}.{compute_capability[1]}',
                      precision=precision, input_shape=tuple(input_shape),
-                     onnx_sha256=sha256_file(onnx_path))
+                     onnx_sha256=sha256_file(onnx_path), fp16_route=fp16_route,
+                     calibration_sha256=calibration_sha256)
 
 
 def default_cache_dir(onnx_path: str | os.PathLike) -> Path:
@@ -360,24 +438,27 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = 'fp16', cache_di
     onnx_path = Path(onnx_path)
     if not onnx_path.is_file():
         raise ValueError(f'--onnx {onnx_path} does not exist')
+    # a bad calibration folder is reported before TensorRT or a GPU is needed
+    calibration_sha256 = ''
+    if precision == 'int8':
+        calibration_sha256 = calibration_set_sha256(calib_dir, max_calibration_images)
     trt = require_tensorrt()
     capability = require_cuda_device()
     input_shape = onnx_input_shape(onnx_path, batch)
-    key = engine_key(onnx_path, precision, input_shape, trt.__version__, capability)
+    route = fp16_route(trt.BuilderFlag) if precision == 'fp16' else ''
+    key = engine_key(onnx_path, precision, input_shape, trt.__version__, capability, fp16_route=route,
+                     calibration_sha256=calibration_sha256)
     cache = EngineCache(cache_dir or default_cache_dir(onnx_path))
 
     def build() -> bytes:
         with tempfile.TemporaryDirectory(prefix='ppe_trt_') as work:
             graph, weak_fp16 = onnx_path, False
-            if precision == 'fp16':
-                try:
-                    graph = convert_onnx_fp16(onnx_path, Path(work) / 'model_fp16.onnx')
-                except TensorRTUnavailableError:
-                    if not hasattr(trt.BuilderFlag, 'FP16'):
-                        raise
-                    LOG.warning('nvidia-modelopt missing: weakly typed fp16 build (TensorRT %s)',
-                                trt.__version__)
-                    weak_fp16 = True
+            if route == FP16_ROUTE_BUILDER_FLAG:
+                LOG.warning('nvidia-modelopt missing: weakly typed fp16 build (TensorRT %s)',
+                            trt.__version__)
+                weak_fp16 = True
+            elif route:
+                graph = convert_onnx_fp16(onnx_path, Path(work) / 'model_fp16.onnx')
             elif precision == 'int8':
                 calibration = calibration_images(calib_dir, input_shape[2:], max_calibration_images)
                 LOG.info('int8 calibration on %d images from %s', len(calibration), calib_dir)
