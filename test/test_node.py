@@ -535,3 +535,51 @@ def test_pipeline_statistics():
     assert status_for('active').level == status.OK
     inactive = status_for('inactive')
     assert inactive.level == status.WARN and inactive.hardware_id == 'm.pt'
+
+
+def test_input_and_processed_rates_share_one_stated_window(monkeypatch):
+    """Frames at 1 Hz, each processed 1.25 s after it arrived (slow inference). 2.1 s after the last frame
+    both rates still describe the same last `rate_window_s` seconds: neither reads 0 while the other does
+    not, and the diagnostics name the window."""
+    from types import SimpleNamespace
+
+    from std_msgs.msg import Header
+
+    from occluded_ppe_ros.ros import diagnostics
+
+    clock = [1000.0]
+    monkeypatch.setattr(diagnostics, 'time', SimpleNamespace(monotonic=lambda: clock[0]))
+    stats = diagnostics.PipelineStats()
+    window = stats.rate_window_s
+    events = sorted([(float(t), 'received') for t in range(20)]
+                    + [(t + 1.25, 'processed') for t in range(20)])
+    for t, kind in events:
+        clock[0] = 1000.0 + t
+        if kind == 'received':
+            stats.count('received')
+        else:
+            stats.record_frame({'inference': 1250.0}, age_ms=1250.0)
+        if t == 15.25:
+            steady = stats.summary()
+    assert steady['input_rate_hz'] == pytest.approx(1.0) and steady['processed_rate_hz'] == pytest.approx(1.0)
+
+    clock[0] = 1000.0 + 19 + 2.1
+    summary = stats.summary()
+    assert summary['rate_window_s'] == window == diagnostics.RATE_WINDOW_S
+    # the same window (16.1, 21.1] s for both: frames received at 17, 18, 19 s; processed at 16.25 ... 20.25 s
+    assert summary['input_rate_hz'] == pytest.approx(3 / window)
+    assert summary['processed_rate_hz'] == pytest.approx(5 / window)
+    status = diagnostics.diagnostic_array(stats, Header(), 'ppe_node', 'torch', 'm.pt', 'active').status[0]
+    values = {pair.key: pair.value for pair in status.values}
+    assert float(values['rate_window_s']) == window and f'last {window:g} s' in status.message
+
+    clock[0] = 1000.0 + 20.25 + window + 0.01     # both windows now hold no event
+    summary = stats.summary()
+    assert summary['input_rate_hz'] == 0.0 and summary['processed_rate_hz'] == 0.0
+
+    # just after reset (activation) a rate covers the time since then, not a window mostly before it
+    stats.reset()
+    for _ in range(10):
+        clock[0] += 0.1
+        stats.count('received')
+    assert stats.summary()['input_rate_hz'] == pytest.approx(10.0)

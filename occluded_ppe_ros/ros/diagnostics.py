@@ -16,18 +16,26 @@ from std_msgs.msg import Header
 STAGES: tuple[str, ...] = ('decode', 'preprocess', 'inference', 'postprocess', 'publish')
 # Counters, each reported as a total since configure.
 COUNTERS: tuple[str, ...] = ('received', 'processed', 'superseded', 'too_old', 'rejected')
+# Both rates count the events of the last RATE_WINDOW_S seconds (reported as `rate_window_s`): one
+# window for both, so input and processed rates decay together when frames stop, and a rate is a plain
+# count over a stated time rather than an extrapolation from the last few events.
+RATE_WINDOW_S = 5.0
 
 
 class PipelineStats:
     """Rolling latency statistics and counters of the node's pipeline.
 
     Args:
-        window: number of most recent frames the latency statistics and rates cover.
+        window: number of most recent frames the latency and age statistics cover.
+        rate_window_s: seconds the input and processed rates cover (the same window for both).
     """
 
-    def __init__(self, window: int = 100) -> None:
+    def __init__(self, window: int = 100, rate_window_s: float = RATE_WINDOW_S) -> None:
+        if rate_window_s <= 0:
+            raise ValueError(f'rate_window_s must be positive, got {rate_window_s}')
         self._lock = threading.Lock()
         self._window = window
+        self.rate_window_s = float(rate_window_s)
         self.reset()
 
     def reset(self) -> None:
@@ -36,8 +44,10 @@ class PipelineStats:
             self._stage_ms = {stage: collections.deque(maxlen=self._window) for stage in STAGES}
             self._total_ms: collections.deque[float] = collections.deque(maxlen=self._window)
             self._age_ms: collections.deque[float] = collections.deque(maxlen=self._window)
-            self._received_times: collections.deque[float] = collections.deque(maxlen=self._window)
-            self._processed_times: collections.deque[float] = collections.deque(maxlen=self._window)
+            # event times (time.monotonic) of the last rate_window_s seconds
+            self._received_times: collections.deque[float] = collections.deque()
+            self._processed_times: collections.deque[float] = collections.deque()
+            self._since = time.monotonic()
             self.counters = dict.fromkeys(COUNTERS, 0)
             self.last_rejection = ''
             self.last_event_rejected = False
@@ -47,7 +57,7 @@ class PipelineStats:
         with self._lock:
             self.counters[counter] += 1
             if counter == 'received':
-                self._received_times.append(time.monotonic())
+                self._add_event(self._received_times)
             if counter == 'rejected':
                 self.last_rejection = reason
                 self.last_event_rejected = True
@@ -66,17 +76,28 @@ class PipelineStats:
             self._age_ms.append(age_ms)
             self.counters['processed'] += 1
             self.last_event_rejected = False
-            self._processed_times.append(time.monotonic())
+            self._add_event(self._processed_times)
+
+    def _add_event(self, times: collections.deque[float]) -> None:
+        now = time.monotonic()
+        times.append(now)
+        self._forget_before(times, now - self.rate_window_s)
 
     @staticmethod
-    def _rate(times: collections.deque[float]) -> float:
-        """Events per second over the window (0 with fewer than two events)."""
-        if len(times) < 2 or times[-1] <= times[0]:
-            return 0.0
-        return (len(times) - 1) / (times[-1] - times[0])
+    def _forget_before(times: collections.deque[float], start: float) -> None:
+        while times and times[0] <= start:
+            times.popleft()
+
+    def _rate(self, times: collections.deque[float], now: float) -> float:
+        """Events per second in the window ending now: the events of the last rate_window_s seconds over
+        that time (over the time since reset while that is shorter, so a fresh start is not under-read)."""
+        self._forget_before(times, now - self.rate_window_s)
+        span = min(self.rate_window_s, now - self._since)
+        return len(times) / span if span > 0 else 0.0
 
     def summary(self) -> dict[str, float | int | str]:
-        """Snapshot: '<stage>_ms_mean', '<stage>_ms_max', 'total_ms_mean', 'age_ms_max', rates, counters."""
+        """Snapshot: '<stage>_ms_mean', '<stage>_ms_max', 'total_ms_mean', 'age_ms_max', counters, and
+        'input_rate_hz' / 'processed_rate_hz' over the last 'rate_window_s' seconds."""
         with self._lock:
             values: dict[str, float | int | str] = {}
             for stage in STAGES:
@@ -86,13 +107,10 @@ class PipelineStats:
             values['total_ms_mean'] = sum(self._total_ms) / len(self._total_ms) if self._total_ms else 0.0
             values['age_ms_mean'] = sum(self._age_ms) / len(self._age_ms) if self._age_ms else 0.0
             values['age_ms_max'] = max(self._age_ms) if self._age_ms else 0.0
-            # A rate decays once events stop: measure up to now, not only up to the last event.
             now = time.monotonic()
-            for name, times in (('input_rate_hz', self._received_times),
-                                ('processed_rate_hz', self._processed_times)):
-                values[name] = self._rate(collections.deque([*times, now])) if times else 0.0
-                if times and now - times[-1] > 2.0:
-                    values[name] = 0.0
+            values['input_rate_hz'] = self._rate(self._received_times, now)
+            values['processed_rate_hz'] = self._rate(self._processed_times, now)
+            values['rate_window_s'] = self.rate_window_s
             values.update(self.counters)
             values['last_rejection'] = self.last_rejection
             return values
@@ -116,7 +134,7 @@ def diagnostic_array(stats: PipelineStats, header: Header, node_name: str, backe
     else:
         status.level = DiagnosticStatus.OK
         status.message = (f"active: {values['processed_rate_hz']:.1f} Hz processed of "
-                          f"{values['input_rate_hz']:.1f} Hz received")
+                          f"{values['input_rate_hz']:.1f} Hz received (last {values['rate_window_s']:g} s)")
     pairs = [('backend', backend), ('model', model), ('state', state)]
     for key, value in values.items():
         text = f'{value:.3f}' if isinstance(value, float) else str(value)
