@@ -401,6 +401,29 @@ def test_resume_without_a_checkpoint_is_a_clear_error(tmp_path):
         train(cfg, resume=True)
 
 
+def test_a_restart_removes_unfinished_checkpoint_writes_and_resumes_from_the_intact_last_pt(tmp_path, capsys):
+    """What `kill -9` during a checkpoint write leaves: '.last.pt.<random>.tmp' (and one per iter_ file) next
+    to the previous complete last.pt. The next start deletes them and --resume continues from last.pt."""
+    cfg = TrainConfig.from_dict(tiny_config(tmp_path, stage=1, max_iters=2, checkpoint_every=2,
+                                            keep_checkpoints=True))
+    train(cfg)
+    output_dir = Path(cfg.output_dir)
+    complete = (output_dir / 'last.pt').read_bytes()
+    half_written = [output_dir / '.last.pt.k2j4_x9q.tmp', output_dir / '.iter_0000004.pt.a1B2c3D4.tmp']
+    for path in half_written:
+        path.write_bytes(complete[: len(complete) // 3])
+    unrelated = [output_dir / '.notes.tmp', output_dir / 'last.pt.tmp', output_dir / '.last.pt.backup']
+    for path in unrelated:
+        path.write_text('not a checkpoint temporary')
+    capsys.readouterr()
+    resumed = train(TrainConfig.from_dict({**cfg.to_dict(), 'max_iters': 3}), resume=True)
+    assert resumed.iteration == 3
+    assert not any(path.exists() for path in half_written)
+    assert all(path.exists() for path in unrelated)
+    assert 'removed 2 unfinished checkpoint write(s)' in capsys.readouterr().out
+    assert torch.load(output_dir / 'last.pt', weights_only=False)['iteration'] == 3
+
+
 DDP_SCRIPT = '''
 import sys
 import torch

@@ -16,7 +16,9 @@ Checkpoints (contract 3) are written atomically (temporary file in the same fold
 `checkpoint_every` iterations and at the end, as `<output_dir>/last.pt` (plus `iter_XXXXXXX.pt` with
 `keep_checkpoints`). They hold the optimizer, scheduler and RNG states, and `--resume` continues from
 `last.pt` at the same iteration: the data order is a pure function of (seed, iteration) through
-`InfiniteSampler`, so with `num_workers: 0` a resumed run repeats an uninterrupted one exactly.
+`InfiniteSampler`, so with `num_workers: 0` a resumed run repeats an uninterrupted one exactly. A run
+killed mid-write leaves only its temporary (`.last.pt.<random>.tmp`) beside the intact previous file; the
+next start in that folder deletes such temporaries.
 
 Several GPUs (or CPU processes): start with `torchrun --nproc_per_node N -m occluded_ppe_ros.cli train
 --config FILE`; each process reads its shard of every domain's data (the sampler interleaves them), the
@@ -42,7 +44,7 @@ from torch import nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Sampler, Subset
 
 from occluded_ppe_ros.cpu_allocator import keep_large_buffers_in_heap
-from occluded_ppe_ros.model.checkpoint import CHECKPOINT_FORMAT
+from occluded_ppe_ros.model.checkpoint import CHECKPOINT_FORMAT, remove_stale_checkpoint_temporaries
 from occluded_ppe_training.config import SOURCE_DOMAIN, DatasetConfig, OptimizerConfig, TrainConfig
 from occluded_ppe_training.schedules import grl_factor, lr_factor, mask_ratio
 
@@ -619,6 +621,13 @@ def train(cfg: TrainConfig, resume: bool = False) -> TrainResult:
     # Every process seeds the same: the model's initial weights agree (DDP also broadcasts them).
     _seed_everything(cfg.seed)
 
+    if is_main:
+        # A run killed while writing a checkpoint leaves its temporary behind (the os.replace never came);
+        # the previous complete last.pt is intact and is what --resume reads.
+        stale = remove_stale_checkpoint_temporaries(output_dir)
+        if stale:
+            print(f'[train] removed {len(stale)} unfinished checkpoint write(s) of an interrupted run in '
+                  f'{output_dir}: {", ".join(path.name for path in stale)}')
     checkpoint = None
     if resume:
         checkpoint = load_checkpoint(output_dir / LAST_CHECKPOINT)

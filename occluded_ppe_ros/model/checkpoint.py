@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,9 @@ from occluded_ppe_ros.model.config import ModelConfig
 from occluded_ppe_ros.model.network import PPENet, build_model
 
 CHECKPOINT_FORMAT = 'occluded_ppe/1'
+# The temporary file an atomic checkpoint write (here and in the trainer) goes through before os.replace:
+# '.<target name>.<mkstemp's random part>.tmp', e.g. '.last.pt.k2j4_x9q.tmp'.
+_CHECKPOINT_TEMPORARY = re.compile(r'^\.(?P<target>.+\.pt)\.[A-Za-z0-9_]+\.tmp$')
 _REQUIRED_KEYS = ('format', 'model_config', 'model')
 
 
@@ -62,6 +66,27 @@ def save_checkpoint(path: str | Path, model: PPENet, *, train_config: dict | Non
         if os.path.exists(temporary):
             os.unlink(temporary)
     return path
+
+
+def remove_stale_checkpoint_temporaries(folder: str | Path) -> list[Path]:
+    """Delete the temporaries of checkpoint writes that never finished (a `kill -9` or power loss between
+    mkstemp and os.replace); the complete checkpoints next to them are untouched.
+
+    Call it when a run starts, before anything writes into `folder`: a write in progress in another
+    process would lose its temporary (two runs writing one folder is already an error).
+
+    Returns:
+        The files removed.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = []
+    for path in sorted(folder.iterdir()):
+        if _CHECKPOINT_TEMPORARY.match(path.name) and path.is_file():
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') -> dict[str, Any]:
