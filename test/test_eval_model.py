@@ -16,7 +16,7 @@ from tiny_models import TINY_STRIDE8, tiny_model_config
 import scipy.io
 
 from occluded_ppe_ros.inference.results import Pedestrian
-from occluded_ppe_training.evaluation.model_eval import compare_predictions
+from occluded_ppe_training.evaluation.model_eval import compare_predictions, parity_failures
 
 TINY_MODEL_CONFIG = tiny_model_config(TINY_STRIDE8, 'coco', 96, 128, max_detections=5)
 KEPT_SLOTS = [0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16]
@@ -82,6 +82,7 @@ def test_eval_model_onnxruntime_against_torch(fixture_dir, tmp_path):
     assert parity['num_pairs'] == parity['num_reference']
     assert parity['max_box_diff'] < 0.05 and parity['max_keypoint_diff'] < 0.05
     assert parity['max_score_diff'] < 1e-3
+    assert parity['ok'] and parity['failures'] == []
     for backend in ('onnxruntime', 'torch'):
         assert set(report[backend]['coco']) == {'keypoints', 'bbox', 'segm'}
         reasonable = report[backend]['citypersons']['Reasonable']
@@ -140,3 +141,67 @@ def test_parity_report_by_hand():
     assert report.occlusion_flag_mismatches == 1
     assert report.min_mask_iou == pytest.approx(1.0)
     assert report.per_image == {1: (2, 2), 2: (1, 0)}
+
+
+class _FixedPredictor:
+    """Stands in for a backend: the same pedestrians for every image."""
+
+    def __init__(self, pedestrians: list[Pedestrian]) -> None:
+        self.pedestrians = pedestrians
+
+    def predict(self, image: np.ndarray) -> list[Pedestrian]:
+        return list(self.pedestrians)
+
+
+@pytest.mark.parametrize('shift, score_drop, expected_code, expected_reasons', [
+    (0.0, 0.0, 0, []),
+    (0.3, 0.0, 1, ['boxes', 'joints']),
+    (0.0, 0.05, 1, ['scores']),
+], ids=['agree', 'moved', 'rescored'])
+def test_compare_backend_is_a_gate(fixture_dir, tmp_path, monkeypatch, capsys, shift, score_drop,
+                                   expected_code, expected_reasons):
+    """`--compare-backend` exits 1 with one line naming each pair's difference beyond the tolerance."""
+    from occluded_ppe_ros.cli import main
+    from occluded_ppe_training.evaluation import model_eval
+
+    reference = [_pedestrian((20, 10, 44, 80))]
+    candidates = {'torch': reference,
+                  'onnxruntime': [_pedestrian((20, 10, 44, 80), shift=shift, score=0.9 - score_drop)]}
+    monkeypatch.setattr(model_eval, 'load_predictor',
+                        lambda checkpoint, backend, device, min_score: _FixedPredictor(candidates[backend]))
+    out = tmp_path / 'gate'
+    code = main(['eval', 'model', '--checkpoint', str(fixture_dir / 'tiny.pt'),
+                 '--gt', str(fixture_dir / 'gt.json'), '--images', str(fixture_dir / 'images'),
+                 '--backend', 'onnxruntime', '--compare-backend', 'torch', '--out', str(out)])
+    assert code == expected_code
+    errors = capsys.readouterr().err.strip().splitlines()
+    parity = json.loads((out / 'metrics.json').read_text())['parity']
+    assert parity['ok'] == (expected_code == 0)
+    if expected_code == 0:
+        assert errors == [] and parity['failures'] == []
+        return
+    (line,) = [e for e in errors if 'PARITY' in e]
+    assert line.startswith('ppe eval model: PARITY FAILED: onnxruntime vs torch: ')
+    named = [what for what in ('boxes', 'joints', 'scores', 'joint scores', 'detection counts')
+             if f'{what} differ' in line]
+    assert named == expected_reasons, line
+    assert 'tolerance' in line
+    assert 'FAILED' in (out / 'report.md').read_text()
+
+
+def test_parity_failures_forgive_only_threshold_flips_in_counts():
+    """A detection one run keeps and the other does not is a failure unless it scores within the score
+    tolerance of the threshold (the other run scored it just below)."""
+    reference = {1: [_pedestrian((10, 10, 30, 60)), _pedestrian((50, 10, 70, 60), score=0.3004)]}
+    candidate = {1: [_pedestrian((10, 10, 30, 60))]}
+    report = compare_predictions(reference, candidate, {1: (80, 100)})
+    assert report.max_unpaired_score == pytest.approx(0.3004)
+    assert parity_failures(report, score_threshold=0.3, score_tolerance=1e-3) == []
+    (reason,) = parity_failures(report, score_threshold=0.25, score_tolerance=1e-3)
+    assert reason.startswith('detection counts differ on 1 of 1 images (2 vs 1 detections')
+    nothing = compare_predictions({1: []}, {1: [_pedestrian((10, 10, 30, 60), score=0.9)]}, {1: (80, 100)})
+    (reason,) = parity_failures(nothing, score_threshold=0.05)
+    assert 'detection counts differ' in reason and '0.9' in reason
+    nan = compare_predictions(reference, {1: [_pedestrian((10, 10, 30, 60), score=float('nan')),
+                                              _pedestrian((50, 10, 70, 60), score=0.3004)]}, {1: (80, 100)})
+    assert any(r.startswith('scores differ by up to nan') for r in parity_failures(nan, 0.3))

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from occluded_ppe_training.evaluation import citypersons as cp
+from occluded_ppe_training.evaluation.model_eval import PARITY_PIXEL_TOLERANCE, PARITY_SCORE_TOLERANCE
 from occluded_ppe_training.evaluation.report import (fmt, markdown_table, plot_miss_rate,
                                                      plot_precision_recall, write_json, write_markdown)
 
@@ -218,7 +219,7 @@ def run_model(args: argparse.Namespace) -> int:
     from occluded_ppe_training.evaluation.coco_eval import evaluate_coco
     from occluded_ppe_training.evaluation.instance_iou import evaluate_instance_iou
     from occluded_ppe_training.evaluation.model_eval import (compare_predictions, load_predictor,
-                                                             predict_dataset)
+                                                             parity_failures, predict_dataset)
 
     gt = _load_json(args.gt, 'ground truth')
     category_ids = _category_map(args.category_map)
@@ -255,17 +256,28 @@ def run_model(args: argparse.Namespace) -> int:
                 cp.evaluate_citypersons(anno_images, detections), out / backend)
             sections.append((f'{backend}: CityPersons MR^-2', markdown.replace('](', f']({backend}/')))
         data[backend] = backend_data
+    failed_gate = ''
     if args.compare_backend:
         sizes = {im['id']: (int(im['height']), int(im['width'])) for im in gt['images']}
-        parity = compare_predictions(runs[args.backend], runs[args.compare_backend], sizes)
-        data['parity'] = {'reference': args.compare_backend, 'candidate': args.backend, **parity.to_dict()}
+        parity = compare_predictions(runs[args.compare_backend], runs[args.backend], sizes)
+        failures = parity_failures(parity, args.min_score, args.pixel_tolerance, args.score_tolerance)
+        data['parity'] = {'reference': args.compare_backend, 'candidate': args.backend, 'ok': not failures,
+                          'failures': failures, 'pixel_tolerance': args.pixel_tolerance,
+                          'score_tolerance': args.score_tolerance, **parity.to_dict()}
         rows = [[key, str(value if not isinstance(value, float) else f'{value:.6g}')]
                 for key, value in parity.to_dict().items() if key != 'per_image']
+        rows.append(['gate', 'passed' if not failures else 'FAILED: ' + '; '.join(failures)])
         sections.append((f'parity: {args.backend} vs {args.compare_backend}',
                          markdown_table(['quantity', 'value'], rows)))
+        if failures:
+            failed_gate = (f'ppe eval model: PARITY FAILED: {args.backend} vs {args.compare_backend}: '
+                           + '; '.join(failures))
     write_json(out / 'metrics.json', data)
     write_markdown(out / 'report.md', f'Model evaluation: {Path(args.checkpoint).name}', sections)
     print('\n\n'.join(f'{h}\n{b}' for h, b in sections))
+    if failed_gate:
+        print(failed_gate, file=sys.stderr)
+        return 1
     return 0
 
 
@@ -337,7 +349,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument('--gt', required=True, help='COCO ground-truth JSON of the images')
     model_arguments(p)
     p.add_argument('--compare-backend', choices=BACKENDS,
-                   help='also run this backend and report parity against it (e.g. torch)')
+                   help='also run this backend as the reference: a parity gate, exit status 1 with one line '
+                   'naming what differs beyond the tolerances (e.g. torch)')
+    p.add_argument('--pixel-tolerance', type=float, default=PARITY_PIXEL_TOLERANCE,
+                   help='parity gate: largest box-corner and joint-position difference, input-image pixels '
+                   '(default %(default)s, for fp32 backends)')
+    p.add_argument('--score-tolerance', type=float, default=PARITY_SCORE_TOLERANCE,
+                   help='parity gate: largest detection- and joint-score difference (default %(default)s)')
     p.add_argument('--category-map', help="class_name=category_id pairs, e.g. 'pedestrian=1,rider=2' "
                    '(default: every detection is category 1)')
     p.add_argument('--anno',

@@ -17,6 +17,15 @@ from occluded_ppe_ros.inference.results import Pedestrian
 # image RGB uint8 [H, W, 3], its COCO image record -> the image the model sees
 ImageTransform = Callable[[np.ndarray, dict], np.ndarray]
 
+# The parity gate of `ppe eval model --compare-backend` (docs/evaluation.md), for fp32 backends (torch,
+# ONNX Runtime, an fp32 TensorRT engine): box corners and joint positions in input-image pixels, detection
+# and joint scores in score units. The export gate allows 1e-2 network-input pixels and 1e-4 in
+# probability on the raw graph outputs; through letterboxing (up to a few input pixels per network pixel)
+# and post-processing these become the looser numbers here. An fp16 engine needs its own, looser ones
+# (--pixel-tolerance, --score-tolerance).
+PARITY_PIXEL_TOLERANCE = 0.05
+PARITY_SCORE_TOLERANCE = 1e-3
+
 
 def load_predictor(checkpoint: str | Path, backend: str = 'torch', device: str = 'cpu',
                    score_threshold: float = 0.05):
@@ -104,6 +113,8 @@ class ParityReport:
         max_box_diff, max_keypoint_diff, max_score_diff, max_keypoint_score_diff: None without pairs.
         occlusion_flag_mismatches: joints whose occluded flag differs, over all pairs.
         min_mask_iou: the lowest mask IoU over pairs (None without pairs).
+        max_unpaired_score: the highest score of a detection that has no partner in the other run
+            (None when every detection is paired).
         per_image: image id -> (reference count, candidate count).
     """
 
@@ -118,6 +129,7 @@ class ParityReport:
     max_keypoint_score_diff: float | None = None
     occlusion_flag_mismatches: int = 0
     min_mask_iou: float | None = None
+    max_unpaired_score: float | None = None
     per_image: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -150,6 +162,8 @@ def compare_predictions(reference: Mapping[int, list[Pedestrian]], candidate: Ma
         report.per_image[image_id] = (len(ref), len(cand))
         report.count_mismatches += int(len(ref) != len(cand))
         if not ref or not cand:
+            for pedestrian in (*ref, *cand):
+                report.max_unpaired_score = _maximum(report.max_unpaired_score, float(pedestrian.score))
             continue
         ref_boxes = np.array([p.box for p in ref], dtype=np.float64)
         cand_boxes = np.array([p.box for p in cand], dtype=np.float64)
@@ -176,4 +190,41 @@ def compare_predictions(reference: Mapping[int, list[Pedestrian]], candidate: Ma
             union = np.count_nonzero(mask_a | mask_b)
             iou = np.count_nonzero(mask_a & mask_b) / union if union else 1.0
             report.min_mask_iou = iou if report.min_mask_iou is None else min(report.min_mask_iou, iou)
+        unpaired = [p for i, p in enumerate(ref) if i not in used_ref] + \
+                   [p for i, p in enumerate(cand) if i not in used_cand]
+        for pedestrian in unpaired:
+            report.max_unpaired_score = _maximum(report.max_unpaired_score, float(pedestrian.score))
     return report
+
+
+def parity_failures(report: ParityReport, score_threshold: float,
+                    pixel_tolerance: float = PARITY_PIXEL_TOLERANCE,
+                    score_tolerance: float = PARITY_SCORE_TOLERANCE) -> list[str]:
+    """What differs beyond the tolerances, one short phrase each; empty when the two runs agree.
+
+    Checked: box corners and joint positions (pixels), detection and joint scores, and detection counts.
+    A detection without a partner counts only when it scores above `score_threshold + score_tolerance`:
+    one just above the threshold may fall below it in the other run by a score difference within the
+    tolerance. Occlusion flags and mask IoU are reported, not gated (both are thresholded probabilities
+    that flip at the threshold under differences within the tolerance).
+
+    Args:
+        report: compare_predictions' result.
+        score_threshold: the predictors' detection score threshold (--min-score).
+        pixel_tolerance, score_tolerance: the largest differences allowed.
+    """
+    failures = []
+    for value, tolerance, what, unit in (
+            (report.max_box_diff, pixel_tolerance, 'boxes', ' px'),
+            (report.max_keypoint_diff, pixel_tolerance, 'joints', ' px'),
+            (report.max_score_diff, score_tolerance, 'scores', ''),
+            (report.max_keypoint_score_diff, score_tolerance, 'joint scores', '')):
+        if value is not None and not value <= tolerance:      # `not <=` also catches NaN
+            failures.append(f'{what} differ by up to {value:.4g}{unit} (tolerance {tolerance:g}{unit})')
+    unpaired = report.max_unpaired_score
+    if unpaired is not None and unpaired > score_threshold + score_tolerance:
+        failures.append(f'detection counts differ on {report.count_mismatches} of {report.num_images} images '
+                        f'({report.num_reference} vs {report.num_candidate} detections; an unpaired one '
+                        f'scores {unpaired:.4g}, above the threshold {score_threshold:g} + '
+                        f'tolerance)')
+    return failures
