@@ -249,6 +249,40 @@ def test_cli_export_from_a_config_runs_from_the_repo(tmp_path):
     assert read_deploy_metadata(out).input_size == (64, 96)
 
 
+@pytest.mark.parametrize('gate_passes', [True, False], ids=['passes', 'fails'])
+def test_cli_export_writes_out_only_after_the_parity_gate(tmp_path, monkeypatch, capsys, gate_passes):
+    """While the gate runs nothing is at --out; a failing export ends up under a name saying so."""
+    config = tmp_path / 'model_tiny.yaml'
+    config.write_text(yaml.safe_dump({'model': TINY_MODEL}))
+    out = tmp_path / 'exports' / 'model.onnx'
+    seen_by_gate = []
+    real_parity_check = export.parity_check
+
+    def recording_gate(deploy, onnx_path, batches, intra_op_threads=0):
+        seen_by_gate.append((Path(onnx_path), out.exists()))
+        ok, report = real_parity_check(deploy, onnx_path, batches, intra_op_threads)
+        return ok and gate_passes, report
+
+    monkeypatch.setattr(export, 'parity_check', recording_gate)
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    args = parser.parse_args(['--config', str(config), '--out', str(out), '--input-size', '64x96',
+                              '--threads', '1', '--fixed-batch'])
+    code = export.run(args)
+    printed = capsys.readouterr().out
+    ((gated_file, out_existed_during_gate),) = seen_by_gate
+    assert not out_existed_during_gate and gated_file.parent == out.parent and gated_file != out
+    failed = out.parent / 'model.parity_failed.onnx'
+    if gate_passes:
+        assert code == 0 and out.is_file() and not failed.exists()
+        assert read_deploy_metadata(out).input_size == (64, 96)
+    else:
+        assert code == 1 and not out.exists() and failed.is_file()
+        (line,) = [line for line in printed.splitlines() if 'PARITY FAILED' in line]
+        assert f'not written to {out}' in line and str(failed) in line
+    assert sorted(p.name for p in out.parent.iterdir()) == [(out if gate_passes else failed).name]
+
+
 def test_cli_export_errors_name_the_bad_value(tmp_path, capsys):
     missing = tmp_path / 'nope.yaml'
     result = subprocess.run([sys.executable, '-m', 'occluded_ppe_ros.cli', 'export', '--config', str(missing),

@@ -444,21 +444,38 @@ def run(args: argparse.Namespace) -> int:
         return 2
     deploy = build_deploy_module(network, domain, max_detections)
     metadata = deploy_metadata(network, domain, input_size, max_detections)
+    # Written under a temporary name in --out's folder and moved onto --out (atomic os.replace) only once
+    # the parity gate passes, so a file at --out is always one that passed; a failed export is kept as
+    # '<name>.parity_failed.onnx' for inspection, and a killed export leaves no file that looks valid.
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    handle, staged_name = tempfile.mkstemp(prefix=f'.{out.name}.', suffix='.tmp', dir=out.parent)
+    os.close(handle)
+    staged = Path(staged_name)
     try:
-        path = export_onnx(deploy, metadata, args.out, opset=args.opset, dynamic_batch=not args.fixed_batch,
-                           trace_seed=args.seed)
-    except ValueError as error:
-        print(f'ppe export: error: {error}')
-        return 2
-    print(f'exported {path}: domain {domain}, classes {metadata.class_names}, input {input_size[0]}x'
-          f'{input_size[1]}, K={max_detections}, opset {args.opset}, backbone {network.config.backbone.name}')
-    for line in describe_onnx_io(path):
-        print(f'  {line}')
-    ok, report = parity_check(deploy, path, gate_batches(input_size, not args.fixed_batch, args.seed),
-                              intra_op_threads=args.threads)
-    print(report)
-    if not ok:
-        print('ppe export: PARITY FAILED: ONNX Runtime differs from PyTorch beyond the tolerances above')
-        return 1
-    print('parity: ONNX Runtime matches PyTorch on images not used for export')
+        try:
+            export_onnx(deploy, metadata, staged, opset=args.opset, dynamic_batch=not args.fixed_batch,
+                        trace_seed=args.seed)
+        except ValueError as error:
+            print(f'ppe export: error: {error}')
+            return 2
+        print(f'exported {out} (kept only if the parity gate below passes): domain {domain}, classes '
+              f'{metadata.class_names}, input {input_size[0]}x{input_size[1]}, K={max_detections}, opset '
+              f'{args.opset}, backbone {network.config.backbone.name}')
+        for line in describe_onnx_io(staged):
+            print(f'  {line}')
+        ok, report = parity_check(deploy, staged, gate_batches(input_size, not args.fixed_batch, args.seed),
+                                  intra_op_threads=args.threads)
+        print(report)
+        if not ok:
+            failed = out.with_name(f'{out.stem}.parity_failed{out.suffix}')
+            os.replace(staged, failed)
+            earlier = f'; the file already at {out} is an earlier export' if out.exists() else ''
+            print(f'ppe export: PARITY FAILED: ONNX Runtime differs from PyTorch beyond the tolerances '
+                  f'above; not written to {out}, kept as {failed} for inspection{earlier}')
+            return 1
+        os.replace(staged, out)
+    finally:
+        staged.unlink(missing_ok=True)
+    print(f'parity: ONNX Runtime matches PyTorch on images not used for export; wrote {out}')
     return 0
