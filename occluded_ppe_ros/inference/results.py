@@ -15,6 +15,8 @@ from occluded_ppe_ros.skeleton import NUM_KEYPOINTS
 
 # Joints below this score do not count toward `Pedestrian.pose_score` (HRNet's `in_vis_thre`).
 POSE_SCORE_JOINT_THRESHOLD = 0.2
+# `Pedestrian.track_id` of a pedestrian no tracker has seen.
+NO_TRACK = -1
 
 
 @dataclass
@@ -32,6 +34,8 @@ class Pedestrian:
         keypoints: float32 [13, 2], x, y of each joint (skeleton.KEYPOINT_NAMES order), input pixels.
         keypoint_scores: float32 [13], confidence of each joint in [0, 1].
         keypoint_occluded: bool [13], True where the joint is estimated to be hidden.
+        track_id: the pedestrian's track id (>= 1, the same person keeps it across frames) once a
+            `tracking.PedestrianTracker` has seen the frame; `NO_TRACK` (-1) from the Predictor alone.
     """
 
     box: np.ndarray
@@ -43,6 +47,7 @@ class Pedestrian:
     keypoints: np.ndarray
     keypoint_scores: np.ndarray
     keypoint_occluded: np.ndarray
+    track_id: int = NO_TRACK
 
     def __post_init__(self) -> None:
         if self.keypoints.shape != (NUM_KEYPOINTS, 2):

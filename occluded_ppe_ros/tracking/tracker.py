@@ -1,0 +1,317 @@
+"""Pedestrian tracks across frames, through full occlusions: the stage after the Predictor (no ROS).
+
+    tracker = PedestrianTracker(TrackerConfig(max_coast_s=1.5))
+    step = tracker.update(pedestrians, stamp_s)       # pedestrians of one frame, stamp in seconds
+    step.pedestrians[k].track_id                      # >= 1, the same person keeps the same id
+    step.ended_track_ids                              # tracks dropped at this frame (markers DELETE them)
+
+Per frame:
+1. every track's box is predicted to the frame's time by a constant-velocity Kalman filter
+   (`tracking.kalman`), so a track keeps moving while its person is hidden ("coasting");
+2. tracks not matched for longer than `max_coast_s` end;
+3. tracks and detections are paired by `scipy.optimize.linear_sum_assignment` on a similarity that mixes
+   the IoU of the predicted and detected boxes with an OKS-like keypoint similarity (COCO's per-joint
+   tolerances, widened by the track's position uncertainty so that a long-coasting track still finds its
+   person near the predicted place); pairs below `min_similarity` are never matched;
+4. a matched track is corrected by the detection's box; an unmatched detection starts a new track with
+   the next id (ids are never re-used by another person).
+
+Each track also remembers where each joint sits relative to its box when the joint is seen (visible).
+While a joint is hidden (`keypoint_occluded`), its position is carried forward from that offset on the
+current box (`carry_occluded_joints`); the same predicted joints serve the keypoint similarity.
+
+Coordinates: input-image pixels (results contract); times: seconds on the stamps' clock (image header
+stamps in the node, video timestamps offline). A stamp earlier than the previous one (a replayed
+recording looping) ends every track and starts afresh.
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from occluded_ppe_ros.inference.results import Pedestrian
+from occluded_ppe_ros.skeleton import NUM_KEYPOINTS, OKS_SIGMAS
+from occluded_ppe_ros.tracking import kalman
+from occluded_ppe_ros.tracking.kalman import MotionNoise
+
+# Similarity given to pairs that must never match (below any min_similarity).
+_NO_MATCH = -1.0
+
+
+@dataclass(frozen=True)
+class TrackerConfig:
+    """Association and life-time settings of `PedestrianTracker`.
+
+    Attributes:
+        max_coast_s: a track not matched for longer than this (seconds) ends; a person hidden for less
+            keeps the id when they reappear near the predicted place.
+        min_similarity: pairs of a track and a detection whose similarity (in [0, 1]) is below this are
+            never matched.
+        iou_weight: similarity = iou_weight x IoU + (1 - iou_weight) x keypoint similarity, [0, 1].
+        keypoint_tolerance: factor on COCO's per-joint OKS tolerance (2 sigma_j x sqrt(box area)) in the
+            keypoint similarity; > 0. 1 = COCO's OKS; larger forgives more motion between frames.
+        keypoint_threshold: detected joints scoring below it take no part in the keypoint similarity and
+            are not learnt as offsets, [0, 1].
+        occluded_joint_weight: weight of a detected joint flagged occluded in the keypoint similarity
+            (visible joints weigh 1): the network guesses hidden joints, so they count less, [0, 1].
+        carry_occluded_joints: replace a joint flagged occluded by the track's carried-forward position of
+            it (where it was last seen, relative to the box), when the track has seen it within
+            max_coast_s.
+        noise: the Kalman filter's noise levels.
+    """
+
+    max_coast_s: float = 1.5
+    min_similarity: float = 0.2
+    iou_weight: float = 0.5
+    keypoint_tolerance: float = 2.0
+    keypoint_threshold: float = 0.1
+    occluded_joint_weight: float = 0.5
+    carry_occluded_joints: bool = True
+    noise: MotionNoise = field(default_factory=MotionNoise)
+
+    def __post_init__(self) -> None:
+        if not self.max_coast_s >= 0.0:
+            raise ValueError(f'max_coast_s must be >= 0 seconds, got {self.max_coast_s}')
+        for name in ('min_similarity', 'iou_weight', 'keypoint_threshold', 'occluded_joint_weight'):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f'{name} must be in [0, 1], got {value}')
+        if not self.keypoint_tolerance > 0.0:
+            raise ValueError(f'keypoint_tolerance must be > 0, got {self.keypoint_tolerance}')
+
+
+@dataclass
+class TrackStep:
+    """What one `PedestrianTracker.update` decided.
+
+    Attributes:
+        track_ids: int64 [D], the track id of each detection of the frame (same order), >= 1.
+        keypoints: float32 [D, 13, 2], the detections' joints with hidden ones carried forward (pixels).
+        ended_track_ids: ids of the tracks that ended at this frame (coasted too long, or a reset).
+        coasting_track_ids: ids of live tracks without a detection in this frame.
+    """
+
+    track_ids: np.ndarray
+    keypoints: np.ndarray
+    ended_track_ids: list[int]
+    coasting_track_ids: list[int]
+
+
+@dataclass
+class TrackedFrame:
+    """`PedestrianTracker.update`'s result for `Pedestrian`s: copies with `track_id` set, and the step."""
+
+    pedestrians: list[Pedestrian]
+    step: TrackStep
+
+    @property
+    def ended_track_ids(self) -> list[int]:
+        """Ids of the tracks that ended at this frame."""
+        return self.step.ended_track_ids
+
+
+def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """IoU of every pair: float [A, 4] x [B, 4] x1, y1, x2, y2 -> float64 [A, B] (0 for empty boxes)."""
+    first = np.asarray(first, np.float64).reshape(-1, 4)
+    second = np.asarray(second, np.float64).reshape(-1, 4)
+    top_left = np.maximum(first[:, None, :2], second[None, :, :2])
+    bottom_right = np.minimum(first[:, None, 2:], second[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0.0, None).prod(axis=2)
+    area_first = np.clip(first[:, 2:] - first[:, :2], 0.0, None).prod(axis=1)
+    area_second = np.clip(second[:, 2:] - second[:, :2], 0.0, None).prod(axis=1)
+    union = area_first[:, None] + area_second[None, :] - intersection
+    return np.divide(intersection, union, out=np.zeros_like(union), where=union > 0)
+
+
+class PedestrianTracker:
+    """Track ids for each frame's detections; see the module docstring.
+
+    The tracks live in parallel arrays (one row per track), so a frame with 20 people costs a few batched
+    numpy operations rather than 20 Python objects' worth of calls.
+    """
+
+    def __init__(self, config: TrackerConfig | None = None) -> None:
+        self.config = config or TrackerConfig()
+        self._next_id = 1
+        self._last_stamp: float | None = None
+        self._clear()
+
+    def _clear(self) -> None:
+        self.ids = np.zeros(0, np.int64)
+        self._state = np.zeros((0, kalman.STATE_SIZE))
+        self._covariance = np.zeros((0, kalman.STATE_SIZE, kalman.STATE_SIZE))
+        self._last_matched = np.zeros(0)
+        # Joint offsets from the box centre in box sizes ([T, 13, 2]), and when each was last seen.
+        self._joint_offsets = np.zeros((0, NUM_KEYPOINTS, 2))
+        self._joint_seen = np.full((0, NUM_KEYPOINTS), -np.inf)
+
+    def reset(self) -> list[int]:
+        """End every track (the id counter keeps counting, so ids stay unique); returns the ended ids."""
+        ended = self.ids.tolist()
+        self._clear()
+        self._last_stamp = None
+        return ended
+
+    @property
+    def predicted_boxes(self) -> np.ndarray:
+        """The live tracks' boxes at the last update's time: float64 [T, 4] x1, y1, x2, y2 pixels."""
+        return kalman.states_to_boxes(self._state)
+
+    def _keep(self, rows: np.ndarray) -> None:
+        self.ids = self.ids[rows]
+        self._state = self._state[rows]
+        self._covariance = self._covariance[rows]
+        self._last_matched = self._last_matched[rows]
+        self._joint_offsets = self._joint_offsets[rows]
+        self._joint_seen = self._joint_seen[rows]
+
+    def update(self, pedestrians: Sequence[Pedestrian], stamp_s: float) -> TrackedFrame:
+        """Track one frame's pedestrians (input-image pixels) taken at `stamp_s` seconds.
+
+        Returns:
+            Copies of the pedestrians, same order, with `track_id` set and, with carry_occluded_joints,
+            hidden joints carried forward; and the step's track bookkeeping.
+        """
+        count = len(pedestrians)
+        boxes = np.array([p.box for p in pedestrians], np.float64).reshape(count, 4)
+        keypoints = np.array([p.keypoints for p in pedestrians], np.float64).reshape(count, NUM_KEYPOINTS, 2)
+        scores = np.array([p.keypoint_scores for p in pedestrians], np.float64).reshape(count, NUM_KEYPOINTS)
+        occluded = np.array([p.keypoint_occluded for p in pedestrians], bool).reshape(count, NUM_KEYPOINTS)
+        step = self.update_arrays(boxes, keypoints, scores, occluded, stamp_s)
+        tracked = []
+        for index, pedestrian in enumerate(pedestrians):
+            changes: dict[str, Any] = {'track_id': int(step.track_ids[index])}
+            if self.config.carry_occluded_joints:
+                changes['keypoints'] = step.keypoints[index].astype(np.float32)
+            tracked.append(dataclasses.replace(pedestrian, **changes))
+        return TrackedFrame(tracked, step)
+
+    def update_arrays(self, boxes: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
+                      keypoint_occluded: np.ndarray, stamp_s: float) -> TrackStep:
+        """The tracker on plain arrays (what `update` calls).
+
+        Args:
+            boxes: float [D, 4] x1, y1, x2, y2 full boxes, pixels.
+            keypoints: float [D, 13, 2] x, y, pixels.
+            keypoint_scores: float [D, 13] in [0, 1].
+            keypoint_occluded: bool [D, 13], True where the joint is estimated hidden.
+            stamp_s: the frame's time, seconds.
+        """
+        config = self.config
+        ended: list[int] = []
+        if self._last_stamp is not None and stamp_s < self._last_stamp:
+            ended += self.reset()
+        dt = 0.0 if self._last_stamp is None else stamp_s - self._last_stamp
+        self._last_stamp = stamp_s
+        if dt > 0.0 and len(self.ids):
+            self._state, self._covariance = kalman.predict(self._state, self._covariance, dt, config.noise)
+        expired = stamp_s - self._last_matched > config.max_coast_s
+        if expired.any():
+            ended += self.ids[expired].tolist()
+            self._keep(~expired)
+
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        keypoints = np.asarray(keypoints, np.float64).reshape(-1, NUM_KEYPOINTS, 2)
+        scores = np.asarray(keypoint_scores, np.float64).reshape(-1, NUM_KEYPOINTS)
+        occluded = np.asarray(keypoint_occluded, bool).reshape(-1, NUM_KEYPOINTS)
+        count = len(boxes)
+        found = scores >= config.keypoint_threshold
+        seen = found & ~occluded  # joints whose position the detection shows
+
+        track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded)
+        track_ids = np.zeros(count, np.int64)
+        if len(track_rows):
+            self._state[track_rows], self._covariance[track_rows] = kalman.update(
+                self._state[track_rows], self._covariance[track_rows],
+                kalman.boxes_to_measurements(boxes[detection_rows]), config.noise)
+            self._last_matched[track_rows] = stamp_s
+            track_ids[detection_rows] = self.ids[track_rows]
+        unmatched = np.ones(count, bool)
+        unmatched[detection_rows] = False
+        new_rows = np.flatnonzero(unmatched)
+        if len(new_rows):
+            self._start_tracks(boxes[new_rows], stamp_s)
+            track_ids[new_rows] = self.ids[-len(new_rows):]
+            track_rows = np.concatenate([track_rows, np.arange(len(self.ids) - len(new_rows), len(self.ids))])
+            detection_rows = np.concatenate([detection_rows, new_rows])
+        carried = self._carry_joints(track_rows, detection_rows, boxes, keypoints, seen, occluded, stamp_s)
+        coasting = np.ones(len(self.ids), bool)
+        coasting[track_rows] = False
+        return TrackStep(track_ids, carried.astype(np.float32), ended, self.ids[coasting].tolist())
+
+    def similarity(self, boxes: np.ndarray, keypoints: np.ndarray, found: np.ndarray,
+                   occluded: np.ndarray) -> np.ndarray:
+        """Similarity in [0, 1] of every live track (at its predicted place) and detection: [T, D].
+
+        iou_weight x IoU + (1 - iou_weight) x KS, where KS is an OKS over the joints the detection found
+        and the track has seen: mean of exp(-d^2 / (2 t^2)) weighted by the detection's joint weights, with
+        t^2 = area x (2 sigma_j x keypoint_tolerance)^2 + the track's centre variance (pixels^2). Without
+        such joints KS = IoU.
+        """
+        config = self.config
+        iou = box_iou(kalman.states_to_boxes(self._state), boxes)
+        size = np.maximum(self._state[:, 2:4], 1.0)
+        track_joints = self._state[:, None, :2] + self._joint_offsets * size[:, None, :]  # [T, 13, 2]
+        known = np.isfinite(self._joint_seen).astype(np.float64)  # [T, 13]
+        weights = np.where(occluded, config.occluded_joint_weight, 1.0) * found  # [D, 13]
+        # Per coordinate rather than a sum over a last axis of 2: fewer, larger numpy operations.
+        squared = ((track_joints[:, None, :, 0] - keypoints[None, :, :, 0]) ** 2
+                   + (track_joints[:, None, :, 1] - keypoints[None, :, :, 1]) ** 2)  # [T, D, 13]
+        area = np.clip(boxes[:, 2] - boxes[:, 0], 1.0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1.0, None)
+        joint_tolerance = (2.0 * OKS_SIGMAS * config.keypoint_tolerance) ** 2  # [13]
+        centre_variance = (self._covariance[:, 0, 0] + self._covariance[:, 1, 1]) / 2.0  # [T]
+        tolerance = area[None, :, None] * joint_tolerance + centre_variance[:, None, None]
+        # sum_j known[t, j] weights[d, j] (...): the weights factor per track and per detection.
+        total = known @ weights.T  # [T, D]
+        matched = np.einsum('tj,dj,tdj->td', known, weights, np.exp(-squared / (2.0 * tolerance)))
+        keypoint_similarity = np.where(total > 0, matched / np.maximum(total, 1e-9), iou)
+        return config.iou_weight * iou + (1.0 - config.iou_weight) * keypoint_similarity
+
+    def _associate(self, boxes: np.ndarray, keypoints: np.ndarray, found: np.ndarray,
+                   occluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(track rows, detection rows) of the matched pairs, by maximum total similarity."""
+        if not len(self.ids) or not len(boxes):
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        similarity = self.similarity(boxes, keypoints, found, occluded)
+        similarity[similarity < self.config.min_similarity] = _NO_MATCH
+        track_rows, detection_rows = linear_sum_assignment(similarity, maximize=True)
+        good = similarity[track_rows, detection_rows] >= self.config.min_similarity
+        return track_rows[good].astype(np.int64), detection_rows[good].astype(np.int64)
+
+    def _start_tracks(self, boxes: np.ndarray, stamp_s: float) -> None:
+        count = len(boxes)
+        state, covariance = kalman.initiate(kalman.boxes_to_measurements(boxes), self.config.noise)
+        self.ids = np.concatenate([self.ids, np.arange(self._next_id, self._next_id + count)])
+        self._next_id += count
+        self._state = np.concatenate([self._state, state])
+        self._covariance = np.concatenate([self._covariance, covariance])
+        self._last_matched = np.concatenate([self._last_matched, np.full(count, stamp_s)])
+        self._joint_offsets = np.concatenate([self._joint_offsets, np.zeros((count, NUM_KEYPOINTS, 2))])
+        self._joint_seen = np.concatenate([self._joint_seen, np.full((count, NUM_KEYPOINTS), -np.inf)])
+
+    def _carry_joints(self, track_rows: np.ndarray, detection_rows: np.ndarray, boxes: np.ndarray,
+                      keypoints: np.ndarray, seen: np.ndarray, occluded: np.ndarray,
+                      stamp_s: float) -> np.ndarray:
+        """Learn the seen joints' box offsets; return the keypoints [D, 13, 2] with hidden ones carried."""
+        result = keypoints.copy()
+        if not len(track_rows):
+            return result
+        det_boxes = boxes[detection_rows]
+        centre = (det_boxes[:, None, :2] + det_boxes[:, None, 2:]) / 2.0
+        size = np.maximum(det_boxes[:, None, 2:] - det_boxes[:, None, :2], 1.0)
+        offsets = (keypoints[detection_rows] - centre) / size  # [M, 13, 2]
+        det_seen = seen[detection_rows]
+        if self.config.carry_occluded_joints:
+            recent = stamp_s - self._joint_seen[track_rows] <= self.config.max_coast_s
+            carry = occluded[detection_rows] & recent  # [M, 13]
+            carried = centre + self._joint_offsets[track_rows] * size
+            result[detection_rows] = np.where(carry[..., None], carried, keypoints[detection_rows])
+        self._joint_offsets[track_rows] = np.where(det_seen[..., None], offsets,
+                                                   self._joint_offsets[track_rows])
+        self._joint_seen[track_rows] = np.where(det_seen, stamp_s, self._joint_seen[track_rows])
+        return result

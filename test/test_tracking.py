@@ -1,0 +1,170 @@
+"""Pedestrian tracker (no ROS): the batched Kalman filter against filterpy, association, coasting
+through full occlusions, joints carried forward, id bookkeeping, and MOTChallenge text."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from filterpy.common import Q_continuous_white_noise
+from filterpy.kalman import KalmanFilter
+
+from occluded_ppe_ros.inference.results import NO_TRACK, Pedestrian
+from occluded_ppe_ros.tracking import MotionNoise, PedestrianTracker, TrackerConfig
+from occluded_ppe_ros.tracking import kalman
+from occluded_ppe_ros.tracking.mot import gt_line, mot_line, read_mot, write_lines
+from occluded_ppe_ros.tracking.tracker import box_iou
+
+FPS = 30.0
+
+
+def _filterpy_reference(measurement: np.ndarray, noise: MotionNoise) -> KalmanFilter:
+    """filterpy's KalmanFilter set up as kalman.initiate / predict / update describe the model."""
+    reference = KalmanFilter(dim_x=8, dim_z=4)
+    state, covariance = kalman.initiate(measurement[None], noise)
+    reference.x = state[0].copy()
+    reference.P = covariance[0].copy()
+    reference.H = np.eye(4, 8)
+    return reference
+
+
+def test_batched_kalman_filter_matches_filterpy_step_by_step():
+    noise = MotionNoise(measurement_std=0.06, acceleration_std=0.8, initial_velocity_std=1.2)
+    rng = np.random.default_rng(3)
+    first = np.array([[100.0, 200.0, 40.0, 120.0], [300.0, 180.0, 30.0, 90.0]])
+    state, covariance = kalman.initiate(first, noise)
+    references = [_filterpy_reference(m, noise) for m in first]
+    for _ in range(12):
+        dt = float(rng.uniform(0.02, 0.4))
+        heights = np.maximum(state[:, 3], 1.0)
+        state, covariance = kalman.predict(state, covariance, dt, noise)
+        measurements = state[:, :4] + rng.normal(0, 3.0, (2, 4))
+        r_heights = np.maximum(state[:, 3], 1.0)
+        state, covariance = kalman.update(state, covariance, measurements, noise)
+        for row, reference in enumerate(references):
+            reference.F = kalman.transition(dt)
+            q = np.zeros((8, 8))
+            pair = Q_continuous_white_noise(dim=2, dt=dt, spectral_density=(noise.acceleration_std
+                                                                            * heights[row]) ** 2)
+            for axis in range(4):
+                q[np.ix_([axis, axis + 4], [axis, axis + 4])] = pair
+            reference.predict(Q=q)
+            reference.update(measurements[row], R=np.eye(4) * (noise.measurement_std * r_heights[row]) ** 2)
+            np.testing.assert_allclose(state[row], reference.x, rtol=1e-9, atol=1e-9)
+            np.testing.assert_allclose(covariance[row], reference.P, rtol=1e-9, atol=1e-9)
+
+
+def test_box_iou_against_hand_computed_values():
+    iou = box_iou([[0, 0, 10, 10], [0, 0, 0, 0]], [[5, 0, 15, 10], [20, 20, 30, 30], [0, 0, 10, 10]])
+    np.testing.assert_allclose(iou, [[50 / 150, 0.0, 1.0], [0.0, 0.0, 0.0]])
+
+
+def _person(box, keypoints=None, occluded=None, score=0.9) -> Pedestrian:
+    box = np.asarray(box, np.float32)
+    occluded = np.zeros(13, bool) if occluded is None else np.asarray(occluded, bool)
+    if keypoints is None:  # joints spread over the box: a column of 13 points down its middle
+        xs = np.full(13, (box[0] + box[2]) / 2) + np.linspace(-5, 5, 13)
+        ys = np.linspace(box[1] + 5, box[3] - 5, 13)
+        keypoints = np.stack([xs, ys], axis=1)
+    return Pedestrian(box=box, class_id=0, class_name='pedestrian', score=score,
+                      mask=np.zeros((1, 1), bool), mask_origin=np.zeros(2, int),
+                      keypoints=np.asarray(keypoints, np.float32),
+                      keypoint_scores=np.full(13, 0.8, np.float32),
+                      keypoint_occluded=occluded)
+
+
+def _walker(start_x: float, speed_px_s: float, t: float, y: float = 100.0) -> list[float]:
+    x = start_x + speed_px_s * t
+    return [x, y, x + 40.0, y + 120.0]
+
+
+def test_ids_stay_with_people_who_cross_and_get_fresh_ids_when_new():
+    tracker = PedestrianTracker()
+    assert _person([0, 0, 10, 10]).track_id == NO_TRACK
+    seen: dict[int, set[int]] = {0: set(), 1: set()}
+    for frame in range(60):
+        t = frame / FPS
+        # Two people walking toward each other, one row apart (their boxes overlap while they pass).
+        people = [_person(_walker(50, 120, t)), _person(_walker(300, -120, t, y=130))]
+        tracked = tracker.update(people, t).pedestrians
+        for index, pedestrian in enumerate(tracked):
+            seen[index].add(pedestrian.track_id)
+    assert seen == {0: {1}, 1: {2}}
+    third = tracker.update([_person([600, 100, 640, 220])], 60 / FPS).pedestrians[0]
+    assert third.track_id == 3
+
+
+def test_full_occlusion_shorter_than_max_coast_keeps_the_id_longer_loses_it():
+    for gap_s, max_coast_s, same in ((0.9, 1.0, True), (1.3, 1.0, False)):
+        tracker = PedestrianTracker(TrackerConfig(max_coast_s=max_coast_s))
+        ids, ended = [], []
+        frame = 0
+        while frame / FPS < 3.0:
+            t = frame / FPS
+            hidden = 1.0 <= t < 1.0 + gap_s  # behind a van: no detection at all
+            people = [] if hidden else [_person(_walker(20, 150, t))]
+            step = tracker.update(people, t)
+            ids += [p.track_id for p in step.pedestrians]
+            ended += step.ended_track_ids
+            frame += 1
+        assert (len(set(ids)) == 1) is same, (gap_s, sorted(set(ids)))
+        assert ended == ([] if same else [1])
+
+
+def test_reappearance_far_from_the_prediction_starts_a_new_track():
+    tracker = PedestrianTracker(TrackerConfig(max_coast_s=2.0))
+    for frame in range(30):
+        tracker.update([_person(_walker(20, 150, frame / FPS))], frame / FPS)
+    # Walking right at 150 px/s, predicted near x = 20 + 150 * 1.5 = 245 after the gap; someone at 600.
+    step = tracker.update([_person([600, 100, 640, 220])], 1.5)
+    assert step.pedestrians[0].track_id == 2
+    assert step.step.coasting_track_ids == [1]
+
+
+def test_hidden_joints_carried_forward_from_where_they_were_last_seen():
+    tracker = PedestrianTracker()
+    knee = 9
+    for frame in range(10):
+        t = frame / FPS
+        tracker.update([_person(_walker(20, 60, t))], t)
+    t = 10 / FPS
+    box = _walker(20, 60, t)
+    seen = _person(box)
+    expected_knee = seen.keypoints[knee].copy()
+    guessed = seen.keypoints.copy()
+    guessed[knee] += [25.0, -30.0]  # the network's guess for the hidden knee is off
+    occluded = np.zeros(13, bool)
+    occluded[knee] = True
+    out = tracker.update([_person(box, guessed, occluded)], t).pedestrians[0]
+    np.testing.assert_allclose(out.keypoints[knee], expected_knee, atol=1e-3)
+    np.testing.assert_allclose(np.delete(out.keypoints, knee, 0), np.delete(guessed, knee, 0))
+    plain = PedestrianTracker(TrackerConfig(carry_occluded_joints=False))
+    plain.update([_person(box)], 0.0)
+    kept = plain.update([_person(box, guessed, occluded)], 1 / FPS).pedestrians[0]
+    np.testing.assert_allclose(kept.keypoints, guessed)
+
+
+def test_stamp_going_backwards_ends_every_track():
+    tracker = PedestrianTracker()
+    tracker.update([_person([0, 0, 40, 120]), _person([100, 0, 140, 120])], 5.0)
+    step = tracker.update([_person([0, 0, 40, 120])], 1.0)
+    assert sorted(step.ended_track_ids) == [1, 2]
+    assert step.pedestrians[0].track_id == 3
+
+
+def test_config_rejects_bad_values_by_name():
+    with pytest.raises(ValueError, match='max_coast_s must be >= 0'):
+        TrackerConfig(max_coast_s=-1.0)
+    with pytest.raises(ValueError, match='iou_weight must be in'):
+        TrackerConfig(iou_weight=1.5)
+    with pytest.raises(ValueError, match='keypoint_tolerance must be > 0'):
+        TrackerConfig(keypoint_tolerance=0.0)
+
+
+def test_mot_lines_round_trip(tmp_path):
+    path = write_lines(tmp_path / 'seq' / 'tracks.txt',
+                       [mot_line(1, 7, [10, 20, 50, 140], 0.9), gt_line(2, 3, [0, 0, 4, 8], 0.25)])
+    rows = read_mot(path)
+    np.testing.assert_allclose(rows[0, :7], [1, 7, 10, 20, 40, 120, 0.9])
+    np.testing.assert_allclose(rows[1, :9], [2, 3, 0, 0, 4, 8, 1, 1, 0.25])
+    (tmp_path / 'bad.txt').write_text('1,2,3\n')
+    with pytest.raises(ValueError, match='bad.txt:1: 3 fields'):
+        read_mot(tmp_path / 'bad.txt')
