@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,7 +43,8 @@ def test_launch_file_structure():
                 for alias in node.names if node.module in ('launch_ros.actions', 'launch.actions')}
     assert {'LifecycleNode', 'Node', 'DeclareLaunchArgument'} <= imported
     declared = [ast.literal_eval(call.args[0]) for call in _calls(tree, 'DeclareLaunchArgument')]
-    assert declared == ['params_file', 'image_topic', 'camera_info_topic', 'namespace', 'use_rviz']
+    assert declared == ['params_file', 'image_topic', 'camera_info_topic', 'namespace', 'use_rviz',
+                        'rviz_fixed_frame']
     (node,) = _calls(tree, 'LifecycleNode')
     assert ast.unparse(_keyword(node, 'package')) == 'PACKAGE'
     assert ast.unparse(_keyword(node, 'executable')) == 'NODE_NAME'
@@ -52,7 +54,8 @@ def test_launch_file_structure():
     constants = {target.id: ast.literal_eval(node.value) for node in tree.body if isinstance(node, ast.Assign)
                  for target in node.targets if isinstance(target, ast.Name)
                  and isinstance(node.value, ast.Constant)}
-    assert constants == {'PACKAGE': 'occluded_ppe_ros', 'NODE_NAME': 'ppe_node'}
+    assert constants == {'PACKAGE': 'occluded_ppe_ros', 'NODE_NAME': 'ppe_node',
+                         'DEFAULT_RVIZ_FIXED_FRAME': 'camera_optical_frame'}
     # The executable exists under that name in setup.py, and the referenced share files are installed.
     assert re.search(r"'ppe_node = occluded_ppe_ros\.ros\.node:main'", (REPO / 'setup.py').read_text())
     assert "share / 'config' / 'ppe.yaml'" in source and PARAMS_FILE.is_file()
@@ -113,6 +116,62 @@ def test_parameter_file_loads_through_rcl(namespace, tmp_path):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+def _run_launch_file_with_recording_stubs(monkeypatch) -> list:
+    """generate_launch_description() with launch / launch_ros / ament_index replaced by classes that record
+    their arguments (neither launch nor launch_ros has wheels here): the entities it returns."""
+    import runpy
+    import types
+
+    class Recorded:
+        def __init__(self, *args, **kwargs) -> None:
+            self.args, self.kwargs = args, kwargs
+
+        def __eq__(self, other) -> bool:
+            return type(self) is type(other) and (self.args, self.kwargs) == (other.args, other.kwargs)
+
+        __hash__ = None
+
+    stubs = {
+        'launch': ['LaunchDescription'], 'launch.actions': ['DeclareLaunchArgument'],
+        'launch.conditions': ['IfCondition'], 'launch.substitutions': ['LaunchConfiguration',
+                                                                       'PathJoinSubstitution'],
+        'launch_ros': [], 'launch_ros.actions': ['LifecycleNode', 'Node'],
+    }
+    classes = {}
+    for module_name, names in stubs.items():
+        module = types.ModuleType(module_name)
+        for name in names:
+            classes[name] = type(name, (Recorded,), {})
+            setattr(module, name, classes[name])
+        monkeypatch.setitem(sys.modules, module_name, module)
+    packages = types.ModuleType('ament_index_python.packages')
+    packages.get_package_share_directory = lambda package: f'/opt/ros/jazzy/share/{package}'
+    monkeypatch.setitem(sys.modules, 'ament_index_python.packages', packages)
+    description = runpy.run_path(str(LAUNCH_FILE))['generate_launch_description']()
+    assert isinstance(description, classes['LaunchDescription'])
+    return description.args[0], classes
+
+
+def test_launch_passes_rviz_fixed_frame_to_rviz2(monkeypatch):
+    """rviz_fixed_frame is declared (default: ppe.rviz's own frame) and reaches rviz2 as `-f <frame>` after
+    `-d ppe.rviz` (rviz2 applies -f after loading the file), so markers in any camera's frame show."""
+    entities, classes = _run_launch_file_with_recording_stubs(monkeypatch)
+    declared = {e.args[0]: e.kwargs for e in entities if isinstance(e, classes['DeclareLaunchArgument'])}
+    rviz_file_frame = yaml.safe_load(RVIZ_FILE.read_text())['Visualization Manager']['Global Options'][
+        'Fixed Frame']
+    assert declared['rviz_fixed_frame']['default_value'] == rviz_file_frame
+    assert 'frame_id' in declared['rviz_fixed_frame']['description']
+    (rviz,) = [e for e in entities if isinstance(e, classes['Node']) and e.kwargs['package'] == 'rviz2']
+    arguments = rviz.kwargs['arguments']
+    assert arguments[0] == '-d' and arguments[2] == '-f'
+    assert arguments[1] == classes['PathJoinSubstitution'](['/opt/ros/jazzy/share/occluded_ppe_ros', 'config',
+                                                            'ppe.rviz'])
+    assert arguments[3] == classes['LaunchConfiguration']('rviz_fixed_frame')
+    assert rviz.kwargs['condition'] == classes['IfCondition'](classes['LaunchConfiguration']('use_rviz'))
+    # the README's launch section documents the argument
+    assert 'rviz_fixed_frame:=' in (REPO / 'README.md').read_text()
 
 
 def test_rviz_config_displays():
