@@ -583,3 +583,44 @@ def test_input_and_processed_rates_share_one_stated_window(monkeypatch):
         clock[0] += 0.1
         stats.count('received')
     assert stats.summary()['input_rate_hz'] == pytest.approx(10.0)
+
+
+def test_bad_start_up_parameters_leave_the_node_unconfigured_naming_each(spinning_executor, checkpoint):
+    """Out of range, not a choice, wrong type: the node is created (no exception), configure fails with
+    one line naming each parameter, its value and the allowed values; valid values then configure it."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    node = start_node(spinning_executor, checkpoint, keypoint_threshold=-0.5, backend='tflite',
+                      marker_depth_m='far')
+    assert node.get_parameter('keypoint_threshold').value == 0.1      # the default stands in meanwhile
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    error = node.configure_error
+    assert '\n' not in error and error.startswith('invalid start-up parameter (--params-file / -p): ')
+    assert 'keypoint_threshold=-0.5 is below the minimum 0.0 (allowed: a float in [0.0, 1.0])' in error
+    assert "backend='tflite' is not one of auto, torch, onnxruntime, tensorrt" in error
+    assert "marker_depth_m='far' is a string, expected a float in [0.01, 1000.0]" in error
+    assert node._lifecycle_state == 'unconfigured' and node._predictor is None
+    results = node.set_parameters([Parameter('keypoint_threshold', value=0.2),
+                                   Parameter('backend', value='torch')])
+    assert all(result.successful for result in results)
+    assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+    assert 'marker_depth_m' in node.configure_error and 'keypoint_threshold' not in node.configure_error
+    assert node.set_parameters([Parameter('marker_depth_m', value=4.0)])[0].successful
+    assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS, node.configure_error
+
+
+def test_bad_value_in_the_params_file_exits_non_zero_with_one_line(child_process, tmp_path, checkpoint):
+    """`keypoint_threshold: -0.5` in a --params-file with autostart: exit status 1, one line, no traceback."""
+    bad = tmp_path / 'bad_params.yaml'
+    bad.write_text('/**/ppe_node:\n  ros__parameters:\n    keypoint_threshold: -0.5\n')
+    child = child_process(_node_command(checkpoint, '--params-file', str(bad)), cwd=REPO)
+    try:
+        child.popen.wait(timeout=120)
+    finally:
+        code = child.stop()
+    assert code == 1, child.output
+    assert 'Traceback' not in child.output, child.output
+    lines = [line for line in child.output.splitlines() if 'keypoint_threshold' in line]
+    assert len(lines) == 1, child.output
+    assert '-0.5' in lines[0] and '[0.0, 1.0]' in lines[0] and 'unconfigured' in lines[0]

@@ -31,6 +31,7 @@ from occluded_ppe_msgs.msg import PedestrianPoseArray
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
@@ -42,7 +43,7 @@ from occluded_ppe_ros.ros import conversions
 from occluded_ppe_ros.ros.diagnostics import PipelineStats, diagnostic_array
 from occluded_ppe_ros.ros.frame_slot import LatestFrameSlot
 from occluded_ppe_ros.ros.markers import Intrinsics, skeleton_markers
-from occluded_ppe_ros.ros.parameters import PARAMETERS, ParameterSpec, validate_parameter
+from occluded_ppe_ros.ros.parameters import PARAMETERS, ParameterSpec, allowed_values, validate_parameter
 
 NODE_NAME = 'ppe_node'
 PACKAGE_NAME = 'occluded_ppe_ros'
@@ -112,8 +113,17 @@ class PPENode(LifecycleNode):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(NODE_NAME, **kwargs)
+        # Start-up values (--params-file, -p, parameter_overrides) get the checks a `ros2 param set` value
+        # gets. rclpy would raise from declare_parameter on an out-of-range or mistyped one (a traceback,
+        # and none at all for a bad choice); instead the default is declared, the node comes up unconfigured
+        # and configure fails naming the parameter, until a valid value is set.
+        self.startup_parameter_errors: dict[str, str] = {}
         for spec in PARAMETERS:
-            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+            reason = self._startup_value_error(spec)
+            if reason is not None:
+                self.startup_parameter_errors[spec.name] = reason
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec),
+                                   ignore_override=reason is not None)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.stats = PipelineStats()
         self.configure_error = ''
@@ -131,8 +141,29 @@ class PPENode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._diagnostics_publisher = None
         self._diagnostics_timer = None
+        if self.startup_parameter_errors and not self._value('autostart'):
+            # configure may come much later (a lifecycle manager): say it now; autostart's configure says it
+            self.get_logger().error(self._startup_parameter_report())
 
     # ----- parameters -------------------------------------------------------------------------------
+    def _startup_value_error(self, spec: ParameterSpec) -> str | None:
+        """Why the start-up value of `spec` is invalid, or None (valid, or none given)."""
+        # rclpy keeps the values of --params-file, -p and parameter_overrides here (no public accessor).
+        override = getattr(self, '_parameter_overrides', {}).get(spec.name)
+        if override is None:
+            return None
+        expected = Parameter.Type.from_parameter_value(spec.default)
+        if override.type_ != expected:
+            return (f'{spec.name}={override.value!r} is a {override.type_.name.lower()}, expected '
+                    f'{allowed_values(spec)}')
+        return validate_parameter(spec.name, override.value, configured=False)
+
+    def _startup_parameter_report(self) -> str:
+        """One line naming every invalid start-up parameter, its value and the allowed values."""
+        reasons = '; '.join(self.startup_parameter_errors.values())
+        return (f'invalid start-up parameter (--params-file / -p): {reasons}; the node stays unconfigured '
+                'until it is set to a valid value')
+
     def _on_set_parameters(self, parameters: list) -> SetParametersResult:
         for parameter in parameters:
             reason = validate_parameter(parameter.name, parameter.value, self._configured)
@@ -144,6 +175,8 @@ class PPENode(LifecycleNode):
                 predictor.set_thresholds(**_model_thresholds({p.name: p.value for p in parameters}))
             except ValueError as error:
                 return SetParametersResult(successful=False, reason=str(error))
+        for parameter in parameters:
+            self.startup_parameter_errors.pop(parameter.name, None)   # a valid value replaced the bad one
         return SetParametersResult(successful=True)
 
     def _value(self, name: str) -> Any:
@@ -151,6 +184,10 @@ class PPENode(LifecycleNode):
 
     # ----- lifecycle --------------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if self.startup_parameter_errors:
+            self.configure_error = self._startup_parameter_report()
+            self.get_logger().error(self.configure_error)
+            return TransitionCallbackReturn.FAILURE
         model_path = Path(self._value('model_path'))
         try:
             model_path = resolve_model_path(str(model_path))

@@ -101,6 +101,21 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
 PARAMETERS_BY_NAME: dict[str, ParameterSpec] = {spec.name: spec for spec in PARAMETERS}
 
 
+def allowed_values(spec: ParameterSpec) -> str:
+    """A parameter's valid values in words: 'a float in [0.0, 1.0]', 'one of cpu, cuda', 'true or false'."""
+    if spec.choices is not None:
+        return f'one of {", ".join(spec.choices)}'
+    if isinstance(spec.default, bool):
+        return 'true or false'
+    if isinstance(spec.default, (int, float)):
+        kind = 'an integer' if isinstance(spec.default, int) else 'a float'
+        low = '-inf' if spec.minimum is None else type(spec.default)(spec.minimum)
+        high = 'inf' if spec.maximum is None else type(spec.default)(spec.maximum)
+        multiple = f', a multiple of {spec.multiple_of}' if spec.multiple_of else ''
+        return f'{kind} in [{low}, {high}]{multiple}'
+    return 'a string'
+
+
 def validate_parameter(name: str, value: Any, configured: bool) -> str | None:
     """Check one new value.
 
@@ -123,11 +138,11 @@ def validate_parameter(name: str, value: Any, configured: bool) -> str | None:
         return f'{name}={value!r} is not one of {", ".join(spec.choices)}'
     if isinstance(spec.default, (int, float)) and not isinstance(spec.default, bool):
         if spec.minimum is not None and value < spec.minimum:
-            return f'{name}={value} is below the minimum {spec.minimum}'
+            return f'{name}={value} is below the minimum {spec.minimum} (allowed: {allowed_values(spec)})'
         if spec.maximum is not None and value > spec.maximum:
-            return f'{name}={value} is above the maximum {spec.maximum}'
+            return f'{name}={value} is above the maximum {spec.maximum} (allowed: {allowed_values(spec)})'
         if spec.multiple_of and value % spec.multiple_of:
-            return f'{name}={value} is not a multiple of {spec.multiple_of}'
+            return f'{name}={value} is not a multiple of {spec.multiple_of} (allowed: {allowed_values(spec)})'
     if name in ('model_path', 'image_topic', 'camera_info_topic') and not str(value).strip():
         return f'{name} must not be empty'
     return None
