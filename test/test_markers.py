@@ -103,3 +103,34 @@ def test_two_pedestrians_share_one_sphere_list_and_one_line_list():
                                back_project(second.keypoints, intrinsics, 3.0))
     orange = tuple(c / 255.0 for c in OCCLUDED_COLOR)
     assert all((c.r, c.g, c.b) == pytest.approx(orange) for c in joints.colors[13:])
+
+
+def test_track_markers_carry_the_track_id_a_stable_colour_and_deletes():
+    from occluded_ppe_ros.ros.markers import track_color, track_skeleton_markers
+
+    first, second = pedestrian([0.9] * 13, [False] * 13), pedestrian([0.9] * 13, [True] * 13)
+    first.track_id, second.track_id = 4, 9
+    header = Header(frame_id='cam')
+    array = track_skeleton_markers([first, second], header, Intrinsics.virtual(640, 480), 3.0, 0.3,
+                                   deleted_track_ids=[2], clear_first=True)
+    actions = [(m.action, m.ns, m.id) for m in array.markers[:3]]
+    assert actions == [(Marker.DELETEALL, '', 0), (Marker.DELETE, 'ppe_joints', 2),
+                       (Marker.DELETE, 'ppe_limbs', 2)]
+    drawn = array.markers[3:]
+    assert [(m.type, m.ns, m.id) for m in drawn] == [
+        (Marker.SPHERE_LIST, 'ppe_joints', 4), (Marker.LINE_LIST, 'ppe_limbs', 4),
+        (Marker.SPHERE_LIST, 'ppe_joints', 9), (Marker.LINE_LIST, 'ppe_limbs', 9)]
+    # Limbs take the track's colour (opaque when both ends are visible, translucent when occluded);
+    # joints keep the visible / occluded colours.
+    own = tuple(c / 255.0 for c in track_color(4))
+    assert all((c.r, c.g, c.b, c.a) == pytest.approx((*own, 1.0)) for c in drawn[1].colors)
+    assert all(c.a == pytest.approx(0.35) for c in drawn[3].colors)
+    orange = tuple(c / 255.0 for c in OCCLUDED_COLOR)
+    assert all((c.r, c.g, c.b) == pytest.approx(orange) for c in drawn[2].colors)
+    # The same id always gets the same colour; neighbouring ids get clearly different ones.
+    assert track_color(4) == track_color(4)
+    colours = [np.array(track_color(i), float) for i in range(1, 21)]
+    assert min(np.abs(a - b).max() for a, b in zip(colours, colours[1:])) > 60
+    # A frame without deletions or clearing only adds.
+    again = track_skeleton_markers([first], header, Intrinsics.virtual(640, 480), 3.0, 0.3)
+    assert {m.action for m in again.markers} == {Marker.ADD}

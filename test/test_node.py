@@ -233,9 +233,13 @@ def test_image_yields_every_output_with_the_input_header(spinning_executor, chec
     overlay = probe.outputs_for('overlay', message.header)[0]
     assert (overlay.width, overlay.height, overlay.encoding) == (160, 120, 'rgb8')
     array = probe.outputs_for('markers', message.header)[0]
+    # Tracking is on by default: the first tracked frame clears older markers, then one sphere list per
+    # track whose marker id is the track id published as the Detection2D id.
     assert array.markers[0].action == Marker.DELETEALL
     spheres = [m for m in array.markers if m.type == Marker.SPHERE_LIST]
-    assert len(spheres) == 1 and len(spheres[0].points) == 13 * MAX_DETECTIONS
+    assert sorted(str(m.id) for m in spheres) == sorted(ids)
+    assert all(len(m.points) == 13 for m in spheres)
+    spheres.sort(key=lambda m: ids.index(str(m.id)))
     assert all(m.header == message.header for m in array.markers)
     # Back-projection with the published K at 2 m: the first joint of the first pose.
     joint = poses.pedestrians[0].keypoints[0]
@@ -254,6 +258,58 @@ def test_image_yields_every_output_with_the_input_header(spinning_executor, chec
         assert float(values[f'{stage}_ms_mean']) > 0.0, stage
     for key in ('input_rate_hz', 'processed_rate_hz', 'too_old', 'superseded', 'rejected', 'received'):
         assert key in values
+
+
+def test_track_ids_persist_across_frames_and_markers_follow_the_tracks(spinning_executor, checkpoint):
+    """Detection2D / PedestrianPose ids are track ids kept across frames; a lost track's markers are
+    DELETEd; with tracking_enabled false the ids are per frame ("<sec>.<nanosec>/<index>")."""
+    from rcl_interfaces.srv import SetParameters
+    from rclpy.parameter import Parameter
+    from visualization_msgs.msg import Marker
+
+    node = start_node(spinning_executor, checkpoint, max_frame_age_ms=0.0, tracking_max_coast_s=0.5)
+    activate(node)
+    probe = Probe(spinning_executor)
+
+    def answer(sec: int, nanosec: int = 0):
+        """Send the same picture stamped sec.nanosec; returns (detections, poses, markers) for it."""
+        message = make_image_message(96, 72, stamp_sec=7, frame_id='cam')
+        message.header.stamp.sec, message.header.stamp.nanosec = sec, nanosec
+        assert probe.publish_until(spinning_executor, message, ('detections', 'poses', 'markers'))
+        return tuple(probe.outputs_for(topic, message.header)[0]
+                     for topic in ('detections', 'poses', 'markers'))
+
+    def set_parameters(**values):
+        request = SetParameters.Request(parameters=[Parameter(k, value=v).to_parameter_msg()
+                                                    for k, v in values.items()])
+        return probe.call(spinning_executor, SetParameters, '/ppe_node/set_parameters', request).results
+
+    first, first_poses, _ = answer(300)
+    ids = [d.id for d in first.detections]
+    assert len(ids) == MAX_DETECTIONS and all(i.isdigit() and int(i) >= 1 for i in ids)
+    assert ids == [p.id for p in first_poses.pedestrians]
+    # The same people 1/30 s later (same picture): the same ids; the markers neither clear nor delete.
+    second, second_poses, markers = answer(300, 33_333_333)
+    assert sorted(d.id for d in second.detections) == sorted(ids)
+    assert [d.id for d in second.detections] == [p.id for p in second_poses.pedestrians]
+    assert {m.action for m in markers.markers} == {Marker.ADD}
+    assert sorted(str(m.id) for m in markers.markers if m.type == Marker.SPHERE_LIST) == sorted(ids)
+    # Nobody detected (score threshold 1): every drawn track's markers are deleted, by track id.
+    assert set_parameters(score_threshold=1.0)[0].successful
+    empty, _, markers = answer(300, 66_666_666)
+    assert not empty.detections
+    deleted = {(m.ns, str(m.id)) for m in markers.markers if m.action == Marker.DELETE}
+    assert deleted == {(ns, i) for ns in ('ppe_joints', 'ppe_limbs') for i in ids}
+    # Back after more than tracking_max_coast_s: the old tracks ended, the people get new ids.
+    assert set_parameters(score_threshold=0.0)[0].successful
+    later, _, _ = answer(301)
+    assert not {d.id for d in later.detections} & set(ids)
+    assert set_parameters(tracking_enabled=False)[0].successful
+    untracked, _, markers = answer(302, 5)
+    assert [d.id for d in untracked.detections] == [f'302.000000005/{k}' for k in range(MAX_DETECTIONS)]
+    assert markers.markers[0].action == Marker.DELETEALL
+    (rejected,) = set_parameters(tracking_max_coast_s=-1.0)
+    assert not rejected.successful and 'tracking_max_coast_s' in rejected.reason, rejected.reason
 
 
 def test_old_frames_are_dropped_and_counted(spinning_executor, checkpoint):

@@ -6,7 +6,8 @@ with a reason naming the bad value.
 
 Outputs, each stamped with the input image's header:
 - vision_msgs/Detection2DArray: one Detection2D per pedestrian (bbox centre and size in input pixels,
-  one hypothesis with the class name and score), `id` = `detection_ids(header, n)[k]`;
+  one hypothesis with the class name and score), `id` = the pedestrian's track id (`track_ids`) with
+  tracking, else `detection_ids(header, n)[k]` (unique within the frame only);
 - occluded_ppe_msgs/PedestrianPoseArray with the same ids, keypoint states and RLE masks;
 - sensor_msgs/Image instance-label image (0 = background, k = the k-th detection, 1-based).
 
@@ -214,6 +215,18 @@ def detection_ids(header: Header, count: int) -> list[str]:
     """Ids of a frame's detections, unique within the frame: "<sec>.<nanosec>/<index>"."""
     stamp = f'{header.stamp.sec}.{header.stamp.nanosec:09d}'
     return [f'{stamp}/{index}' for index in range(count)]
+
+
+def track_ids(pedestrians: Sequence[Pedestrian]) -> list[str]:
+    """Ids of tracked pedestrians: the decimal track id ("17"), the same for a person across frames.
+
+    Raises:
+        ValueError: a pedestrian has no track id (the tracker did not see the frame).
+    """
+    untracked = [index for index, pedestrian in enumerate(pedestrians) if pedestrian.track_id < 1]
+    if untracked:
+        raise ValueError(f'pedestrians {untracked} have no track id (track_id < 1)')
+    return [str(int(pedestrian.track_id)) for pedestrian in pedestrians]
 
 
 def mask_to_rle(mask: np.ndarray) -> list[int]:

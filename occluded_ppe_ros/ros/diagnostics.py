@@ -13,7 +13,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from std_msgs.msg import Header
 
 # The stages timed for every processed frame, in pipeline order (milliseconds).
-STAGES: tuple[str, ...] = ('decode', 'preprocess', 'inference', 'postprocess', 'publish')
+STAGES: tuple[str, ...] = ('decode', 'preprocess', 'inference', 'postprocess', 'track', 'publish')
 # Counters, each reported as a total since configure.
 COUNTERS: tuple[str, ...] = ('received', 'processed', 'superseded', 'too_old', 'rejected')
 # Both rates count the events of the last RATE_WINDOW_S seconds (reported as `rate_window_s`): one

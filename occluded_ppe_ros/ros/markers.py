@@ -140,3 +140,80 @@ def skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsi
         if marker.points:
             message.markers.append(marker)
     return message
+
+
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """A stable RGB colour per track id: hues spaced by the golden angle, so neighbours differ clearly."""
+    hue = (int(track_id) * 0.618033988749895) % 1.0
+    sector, fraction = int(hue * 6.0), (hue * 6.0) % 1.0
+    high, low, rising, falling = 235, 60, int(60 + 175 * fraction), int(235 - 175 * fraction)
+    return [(high, rising, low), (falling, high, low), (low, high, rising), (low, falling, high),
+            (rising, low, high), (high, low, falling)][sector % 6]
+
+
+def track_skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsics: Intrinsics,
+                           depth: float, keypoint_threshold: float, deleted_track_ids: Sequence[int] = (),
+                           clear_first: bool = False, joint_diameter_px: float = 8.0,
+                           limb_width_px: float = 3.0, occluded_alpha: float = 0.35) -> MarkerArray:
+    """The frame's skeletons as one marker pair per track (marker id = track id), with DELETEs for the rest.
+
+    Unlike `skeleton_markers` there is no DELETEALL each frame: a person's markers keep their identity in
+    RViz, and `deleted_track_ids` (tracks drawn before but not in this frame: ended, or hidden and coasting)
+    are removed one by one.
+
+    Args:
+        pedestrians: the frame's tracked results (`Pedestrian.track_id` >= 1), input-image pixels.
+        header: the input image's header (frame_id = the camera's optical frame).
+        intrinsics: of the input image.
+        depth: metres; the plane the skeletons are drawn on.
+        keypoint_threshold: joints scoring below it are not drawn, nor their limbs.
+        deleted_track_ids: ids whose markers are deleted (DELETE in both namespaces).
+        clear_first: start with a DELETEALL (e.g. the first frame after per-frame markers were published).
+        joint_diameter_px: sphere diameter as it appears in the image, pixels.
+        limb_width_px: line width as it appears in the image, pixels.
+        occluded_alpha: opacity of a limb with an occluded end (visible limbs are opaque).
+
+    Returns:
+        MarkerArray: [DELETEALL if clear_first] + DELETE (ns ppe_joints and ppe_limbs, id = track id) per
+        deleted id + per drawn track a SPHERE_LIST (ns ppe_joints) and a LINE_LIST (ns ppe_limbs), both with
+        id = track id. Joints are green visible / orange occluded as in `skeleton_markers`; limbs take the
+        track's `track_color`, translucent where an end is occluded.
+    """
+    metres_per_pixel = depth / intrinsics.fx
+    message = MarkerArray()
+    if clear_first:
+        message.markers.append(Marker(header=header, action=Marker.DELETEALL))
+    for track_id in deleted_track_ids:
+        for namespace in (JOINT_NAMESPACE, LIMB_NAMESPACE):
+            message.markers.append(Marker(header=header, ns=namespace, id=int(track_id),
+                                          action=Marker.DELETE))
+    visible, occluded = _color(VISIBLE_COLOR), _color(OCCLUDED_COLOR)
+    for pedestrian in pedestrians:
+        states = keypoint_states(pedestrian.keypoint_scores, pedestrian.keypoint_occluded, keypoint_threshold)
+        if not states.any():
+            continue
+        track_id = int(pedestrian.track_id)
+        own = _color(track_color(track_id))
+        faded = ColorRGBA(r=own.r, g=own.g, b=own.b, a=float(occluded_alpha))
+        joints = Marker(header=header, ns=JOINT_NAMESPACE, id=track_id, type=Marker.SPHERE_LIST,
+                        action=Marker.ADD, color=own)
+        joints.pose.orientation.w = 1.0
+        joints.scale.x = joints.scale.y = joints.scale.z = float(joint_diameter_px * metres_per_pixel)
+        limbs = Marker(header=header, ns=LIMB_NAMESPACE, id=track_id, type=Marker.LINE_LIST,
+                       action=Marker.ADD, color=own)
+        limbs.pose.orientation.w = 1.0
+        limbs.scale.x = float(limb_width_px * metres_per_pixel)
+        points = _points(back_project(pedestrian.keypoints, intrinsics, depth))
+        for joint in np.flatnonzero(states != STATE_NOT_PRESENT):
+            joints.points.append(points[joint])
+            joints.colors.append(occluded if states[joint] == STATE_OCCLUDED else visible)
+        for first, second in LIMBS:
+            if STATE_NOT_PRESENT in (states[first], states[second]):
+                continue
+            color = faded if STATE_OCCLUDED in (states[first], states[second]) else own
+            limbs.points.extend([points[first], points[second]])
+            limbs.colors.extend([color, color])
+        for marker in (joints, limbs):
+            if marker.points:
+                message.markers.append(marker)
+    return message

@@ -5,7 +5,10 @@ Topics (relative names; remap them, or set image_topic / camera_info_topic):
   out: detections (vision_msgs/Detection2DArray), poses (occluded_ppe_msgs/PedestrianPoseArray),
        markers (visualization_msgs/MarkerArray), masks (sensor_msgs/Image instance labels, only while
        subscribed), overlay (sensor_msgs/Image, only while subscribed), /diagnostics.
-Every output carries the input image's header.
+Every output carries the input image's header. With `tracking_enabled` (default) a tracker
+(occluded_ppe_ros/tracking) runs after the model: Detection2D.id and PedestrianPose.id are track ids kept
+across frames and through full occlusions up to `tracking_max_coast_s`, and the markers are per track
+(marker id = track id, a stable colour, DELETE when the track is no longer drawn).
 
 Lifecycle: configure loads the model and creates the topics, activate starts processing, deactivate
 stops it, cleanup frees the model. With `autostart` (default) `main()` configures and activates at
@@ -42,8 +45,10 @@ from occluded_ppe_ros.draw import render_overlay
 from occluded_ppe_ros.ros import conversions
 from occluded_ppe_ros.ros.diagnostics import PipelineStats, diagnostic_array
 from occluded_ppe_ros.ros.frame_slot import LatestFrameSlot
-from occluded_ppe_ros.ros.markers import Intrinsics, skeleton_markers
+from occluded_ppe_ros.ros.markers import Intrinsics, skeleton_markers, track_skeleton_markers
 from occluded_ppe_ros.ros.parameters import PARAMETERS, ParameterSpec, allowed_values, validate_parameter
+
+from occluded_ppe_ros.tracking import PedestrianTracker, TrackerConfig
 
 NODE_NAME = 'ppe_node'
 PACKAGE_NAME = 'occluded_ppe_ros'
@@ -57,6 +62,9 @@ _WARN_THROTTLE_S = 2.0
 
 # Node parameters that are Predictor thresholds (same names; nms_threshold 1.0 = the model's own NMS only).
 _MODEL_THRESHOLDS = ('score_threshold', 'nms_threshold', 'occlusion_threshold')
+# Parameters that TrackerConfig.from_parameters reads; a change rebuilds the config at the next frame.
+_TRACKER_PARAMETERS = ('tracking_max_coast_s', 'tracking_min_similarity', 'tracking_iou_weight',
+                       'tracking_keypoint_tolerance', 'tracking_carry_occluded_joints', 'keypoint_threshold')
 
 
 def _model_thresholds(values: dict[str, Any]) -> dict[str, float | None]:
@@ -141,6 +149,11 @@ class PPENode(LifecycleNode):
         self._outputs: dict[str, Any] = {}
         self._diagnostics_publisher = None
         self._diagnostics_timer = None
+        # Tracking state, used by the worker thread only; _tracker_changed is set by parameter changes.
+        self._tracker: PedestrianTracker | None = None
+        self._tracker_changed = threading.Event()
+        self._drawn_track_ids: set[int] = set()
+        self._markers_per_track = False
         if self.startup_parameter_errors and not self._value('autostart'):
             # configure may come much later (a lifecycle manager): say it now; autostart's configure says it
             self.get_logger().error(self._startup_parameter_report())
@@ -169,6 +182,8 @@ class PPENode(LifecycleNode):
             reason = validate_parameter(parameter.name, parameter.value, self._configured)
             if reason is not None:
                 return SetParametersResult(successful=False, reason=reason)
+        if any(parameter.name in _TRACKER_PARAMETERS for parameter in parameters):
+            self._tracker_changed.set()
         predictor = self._predictor
         if predictor is not None:
             try:
@@ -263,6 +278,8 @@ class PPENode(LifecycleNode):
             self._diagnostics_publisher = None
         self._predictor = None
         self._camera_info = None
+        self._tracker = None
+        self._drawn_track_ids = set()
         self._configured = False
         self._lifecycle_state = 'unconfigured'
 
@@ -376,6 +393,9 @@ class PPENode(LifecycleNode):
         if not self._active.is_set():
             return  # deactivated while the model ran: the lifecycle publishers are off
         start = time.perf_counter()
+        pedestrians = self._track(msg.header, pedestrians)
+        stage_ms['track'] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
         self._publish_results(msg.header, rgb, pedestrians)
         stage_ms['publish'] = (time.perf_counter() - start) * 1e3
         self.stats.record_frame(stage_ms, self._age_ms(msg.header))
@@ -388,10 +408,48 @@ class PPENode(LifecycleNode):
         return pedestrians, {stage: float(timings.get(f'{stage}_ms', 0.0))
                              for stage in ('preprocess', 'inference', 'postprocess')}
 
+    def _track(self, header: Header, pedestrians: list) -> list:
+        """Track ids for the frame's pedestrians (tracking_enabled), else the pedestrians as they are.
+
+        Time is the header stamp (seconds); an unstamped frame uses the monotonic clock instead. Switching
+        tracking off drops the tracks, so switching it on again starts afresh.
+        """
+        if not self._value('tracking_enabled'):
+            self._tracker = None
+            return pedestrians
+        if self._tracker is None or self._tracker_changed.is_set():
+            self._tracker_changed.clear()
+            config = TrackerConfig.from_parameters({name: self._value(name) for name in _TRACKER_PARAMETERS})
+            if self._tracker is None:
+                self._tracker = PedestrianTracker(config)
+            else:
+                self._tracker.config = config
+        stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+        stamp_s = stamp_ns * 1e-9 if stamp_ns else time.monotonic()
+        return self._tracker.update(pedestrians, stamp_s).pedestrians
+
+    def _markers(self, header: Header, pedestrians: list, width: int, height: int,
+                 keypoint_threshold: float) -> MarkerArray:
+        """Per-track markers for tracked pedestrians (DELETE for tracks no longer drawn), else per frame."""
+        intrinsics = self._intrinsics(width, height)
+        depth = self._value('marker_depth_m')
+        if self._tracker is None:
+            self._markers_per_track = False
+            self._drawn_track_ids = set()
+            return skeleton_markers(pedestrians, header, intrinsics, depth, keypoint_threshold)
+        drawn = {int(pedestrian.track_id) for pedestrian in pedestrians}
+        message = track_skeleton_markers(pedestrians, header, intrinsics, depth, keypoint_threshold,
+                                         sorted(self._drawn_track_ids - drawn),
+                                         clear_first=not self._markers_per_track)
+        self._markers_per_track = True
+        self._drawn_track_ids = drawn
+        return message
+
     def _publish_results(self, header: Header, rgb, pedestrians: list) -> None:
         height, width = rgb.shape[:2]
         keypoint_threshold = self._value('keypoint_threshold')
-        ids = conversions.detection_ids(header, len(pedestrians))
+        ids = (conversions.track_ids(pedestrians) if self._tracker is not None
+               else conversions.detection_ids(header, len(pedestrians)))
         publishers = self._outputs
         if self._value('publish_detections'):
             publishers['detections'].publish(conversions.to_detection_array(pedestrians, header, ids))
@@ -399,9 +457,8 @@ class PPENode(LifecycleNode):
             publishers['poses'].publish(conversions.to_pose_array(pedestrians, header, ids, (height, width),
                                                                   keypoint_threshold))
         if self._value('publish_markers'):
-            publishers['markers'].publish(skeleton_markers(
-                pedestrians, header, self._intrinsics(width, height), self._value('marker_depth_m'),
-                keypoint_threshold))
+            publishers['markers'].publish(self._markers(header, pedestrians, width, height,
+                                                        keypoint_threshold))
         if self._value('publish_masks') and publishers['masks'].get_subscription_count() > 0:
             publishers['masks'].publish(conversions.to_label_image(pedestrians, header, height, width))
         if self._value('publish_overlay') and publishers['overlay'].get_subscription_count() > 0:

@@ -95,6 +95,23 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   maximum=60000.0),
     ParameterSpec('max_image_pixels', 3840 * 2160, 'frames with more pixels are rejected', runtime=True,
                   minimum=1, maximum=2 ** 28),
+    # Tracking (occluded_ppe_ros/tracking): ids kept across frames and through full occlusions.
+    ParameterSpec('tracking_enabled', True, 'give each pedestrian a track id kept across frames '
+                  '(Detection2D.id, PedestrianPose.id); false = ids unique per frame only',
+                  runtime=True),
+    ParameterSpec('tracking_max_coast_s', 1.5, 'a person hidden (not detected) for longer than this loses '
+                  'the track id; shorter occlusions keep it, seconds of header stamps', runtime=True,
+                  minimum=0.0, maximum=60.0),
+    ParameterSpec('tracking_min_similarity', 0.2, 'a track and a detection less similar than this (box IoU '
+                  'mixed with keypoint OKS, [0, 1]) are never matched', runtime=True, minimum=0.0,
+                  maximum=1.0),
+    ParameterSpec('tracking_iou_weight', 0.5, 'weight of the box IoU in the similarity (the rest is keypoint '
+                  'OKS), [0, 1]', runtime=True, minimum=0.0, maximum=1.0),
+    ParameterSpec('tracking_keypoint_tolerance', 2.0, "factor on COCO's per-joint OKS tolerance in the "
+                  'keypoint similarity; larger forgives more motion between frames', runtime=True,
+                  minimum=0.1, maximum=100.0),
+    ParameterSpec('tracking_carry_occluded_joints', True, 'publish a hidden joint where the track last saw '
+                  'it (relative to the box) instead of the network guess', runtime=True),
     ParameterSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages, seconds', minimum=0.05,
                   maximum=60.0),
 )

@@ -84,6 +84,16 @@ class TrackerConfig:
         if not self.keypoint_tolerance > 0.0:
             raise ValueError(f'keypoint_tolerance must be > 0, got {self.keypoint_tolerance}')
 
+    @classmethod
+    def from_parameters(cls, values: dict[str, Any]) -> TrackerConfig:
+        """From the node's parameter values (`tracking_*` and `keypoint_threshold`, config/ppe.yaml)."""
+        return cls(max_coast_s=float(values['tracking_max_coast_s']),
+                   min_similarity=float(values['tracking_min_similarity']),
+                   iou_weight=float(values['tracking_iou_weight']),
+                   keypoint_tolerance=float(values['tracking_keypoint_tolerance']),
+                   keypoint_threshold=float(values['keypoint_threshold']),
+                   carry_occluded_joints=bool(values['tracking_carry_occluded_joints']))
+
 
 @dataclass
 class TrackStep:
