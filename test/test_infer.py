@@ -184,6 +184,43 @@ def test_video_frames(tmp_path, tiny_checkpoint, capsys):
     assert sorted(p.name for p in (out / 'overlays').iterdir()) == ['frame_000000.png', 'frame_000002.png']
 
 
+def test_video_tracks_keep_ids_and_write_mot_text(tmp_path, tiny_checkpoint, capsys):
+    """A still scene filmed for 6 frames: every frame has the same people, so the same track ids; the
+    MOTChallenge text holds one line per result record, with its frame (= image id), id and box."""
+    from occluded_ppe_ros.tracking.mot import read_mot
+
+    video = tmp_path / 'still.avi'
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*'MJPG'), 10, (96, 64))
+    for _ in range(6):
+        writer.write(cv2.cvtColor(_photo(3, 64, 96), cv2.COLOR_RGB2BGR))
+    writer.release()
+    out = tmp_path / 'out'
+    code, printed = _infer(['--video', str(video), '--out', str(out), '--checkpoint', str(tiny_checkpoint),
+                            '--backend', 'torch', '--score-threshold', '0.0', '--no-overlays'], capsys)
+    assert code == 0, printed
+    results = json.loads((out / 'results.json').read_text())
+    by_frame: dict[int, list[int]] = {}
+    for record in results:
+        by_frame.setdefault(record['image_id'], []).append(record['track_id'])
+    assert sorted(by_frame) == [1, 2, 3, 4, 5, 6]
+    first = sorted(by_frame[1])
+    assert first and min(first) >= 1 and len(set(first)) == len(first)
+    assert all(sorted(ids) == first for ids in by_frame.values())
+    rows = read_mot(out / 'tracks_mot.txt')
+    assert len(rows) == len(results)
+    for row, record in zip(rows, results, strict=True):
+        assert (int(row[0]), int(row[1])) == (record['image_id'], record['track_id'])
+        np.testing.assert_allclose(row[2:6], record['bbox'], atol=0.01)
+    summary = json.loads((out / 'summary.json').read_text())
+    assert summary['tracks'] == len(first)
+    # --no-tracking: no ids, no MOT text.
+    plain = tmp_path / 'plain'
+    code, _ = _infer(['--video', str(video), '--out', str(plain), '--checkpoint', str(tiny_checkpoint),
+                      '--backend', 'torch', '--no-overlays', '--no-tracking'], capsys)
+    assert code == 0 and not (plain / 'tracks_mot.txt').exists()
+    assert {r['track_id'] for r in json.loads((plain / 'results.json').read_text())} <= {-1}
+
+
 def _image_message(rgb: np.ndarray, sec: int, frame_id: str = 'cam_optical'):
     from sensor_msgs.msg import Image
     from std_msgs.msg import Header
@@ -269,8 +306,12 @@ def test_mcap_in_mcap_out_with_corrupt_messages_skipped(tmp_path, tiny_checkpoin
         assert (by_name['overlay'][2].height, by_name['overlay'][2].width) == (height, width)
         assert by_name['overlay'][2].encoding == 'rgb8'
         assert (by_name['masks'][2].height, by_name['masks'][2].width) == (height, width)
-        count = len([r for r in results if r['image_id'] == index[f'{topic}@{log_time}']])
+        records = [r for r in results if r['image_id'] == index[f'{topic}@{log_time}']]
+        count = len(records)
         assert len(by_name['detections'][2].detections) == count
+        # Tracked per input topic: message ids are the records' track ids.
+        assert [d.id for d in by_name['detections'][2].detections] == [str(r['track_id']) for r in records]
+        assert all(r['track_id'] >= 1 for r in records)
         assert len(by_name['poses'][2].pedestrians) == count
         labels = np.frombuffer(bytes(by_name['masks'][2].data), np.uint8).reshape(height, width)
         assert labels.max() <= count

@@ -8,9 +8,10 @@ results merged into one record, which `COCO.loadRes` accepts):
     segmentation RLE of the visible mask pasted into the full image ({'size': [H, W], 'counts': str})
     keypoints    51 numbers: COCO's 17-slot layout, x, y, score per joint, zeros for eyes and ears
     score        detection confidence
-plus two fields of our own, which COCO tools ignore: `keypoints_occluded` (13 0/1 flags, skeleton
-order) and `pose_score` (`Pedestrian.pose_score`: detection confidence x mean confident joint score),
-the score our keypoint evaluation ranks people by (`evaluate_coco`).
+plus fields of our own, which COCO tools ignore: `keypoints_occluded` (13 0/1 flags, skeleton
+order), `pose_score` (`Pedestrian.pose_score`: detection confidence x mean confident joint score),
+the score our keypoint evaluation ranks people by (`evaluate_coco`), and `track_id`
+(`Pedestrian.track_id`: the same person's id across a video's frames, -1 where nothing tracked).
 
 This module is ROS-free and training-free: the offline `ppe infer` and the evaluation share it.
 """
@@ -69,6 +70,7 @@ def pedestrian_to_coco_result(image_id: int, pedestrian: Pedestrian, image_size:
         'keypoints_occluded': [int(bool(v)) for v in np.asarray(pedestrian.keypoint_occluded).reshape(-1)],
         'score': float(pedestrian.score),
         'pose_score': pedestrian.pose_score(),
+        'track_id': int(pedestrian.track_id),
     }
 
 

@@ -17,6 +17,12 @@ Writes into --out:
   Image, the skeleton MarkerArray and the overlay Image (ros2msg schemas, CDR: replays with
   `ros2 bag play`, opens in Foxglove).
 - summary.json: counts, skipped frames with reasons, throughput.
+- for --video and --mcap (unless --no-tracking): the pedestrians are tracked across frames as the node
+  does (`occluded_ppe_ros.tracking`, the node's default tracking parameters, frame times from the video
+  or the header stamps, one tracker per MCAP image topic). Each result record's `track_id` is the
+  person's id (-1 for image folders, which are not sequences), the MCAP messages' ids are track ids, and
+  videos also get tracks_mot.txt: MOTChallenge lines `frame,id,left,top,width,height,score,-1,-1,-1`
+  (frame = the 1-based image id).
 
 A frame that does not decode (a corrupt image file, a malformed message) is reported by name (file, or
 topic and log time) and skipped; the run continues and the summary counts it. A tqdm progress bar shows
@@ -40,6 +46,8 @@ import numpy as np
 from occluded_ppe_ros.offline import sources
 from occluded_ppe_ros.offline.default_model import resolve_checkpoint
 from occluded_ppe_ros.ros.parameters import PARAMETERS_BY_NAME
+from occluded_ppe_ros.tracking import PedestrianTracker, TrackerConfig
+from occluded_ppe_ros.tracking.mot import mot_line, write_lines
 
 BACKENDS = ('auto', 'torch', 'onnxruntime', 'tensorrt')
 # The node's output topic names (relative to its namespace) and what each carries.
@@ -92,6 +100,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-overlays', action='store_true', help='do not write overlay PNGs')
     parser.add_argument('--marker-depth', type=float, default=PARAMETERS_BY_NAME['marker_depth_m'].default,
                         help='MCAP markers: distance of the skeleton plane from the camera, metres')
+    parser.add_argument('--no-tracking', action='store_true',
+                        help='--video / --mcap: do not track pedestrians across frames (track_id -1)')
+    parser.add_argument('--max-coast-s', type=float,
+                        default=PARAMETERS_BY_NAME['tracking_max_coast_s'].default,
+                        help='tracking: a person hidden longer than this (seconds) gets a new id '
+                             '(default: the node default %(default)s)')
 
 
 @dataclass
@@ -108,6 +122,7 @@ class InferSummary:
     pedestrians: int = 0
     occluded_joints: int = 0
     inference_seconds: float = 0.0
+    tracks: int = 0
     wall_seconds: float = 0.0
     outputs: dict[str, str] = field(default_factory=dict)
 
@@ -175,14 +190,20 @@ class McapOutput:
         self.several_inputs = len(input_topics) > 1
         self.keypoint_threshold = keypoint_threshold
         self.marker_depth = marker_depth
+        self._drawn_track_ids: dict[str, set[int]] = {}  # per input topic: track ids drawn last frame
 
     def topic(self, input_topic: str, name: str) -> str:
         """Output topic of `name` (a NODE_OUTPUT_TOPICS key) for frames from `input_topic`."""
         middle = input_topic.rstrip('/') if self.several_inputs else ''
         return f'{self.namespace}{middle}/{name}'
 
-    def write(self, frame: sources.Frame, pedestrians: list, overlay_rgb: np.ndarray) -> None:
-        """Write the five node messages of one frame (header = the input message's header)."""
+    def write(self, frame: sources.Frame, pedestrians: list, overlay_rgb: np.ndarray,
+              ended_track_ids: list[int] | None = None) -> None:
+        """Write the five node messages of one frame (header = the input message's header).
+
+        With `ended_track_ids` (not None) the pedestrians are tracked: their ids are track ids and the
+        markers are per track as the node publishes them, with DELETEs for the tracks no longer drawn.
+        """
         from occluded_ppe_ros.ros import conversions
         from occluded_ppe_ros.ros.markers import Intrinsics, skeleton_markers
         header = frame.message.header
@@ -194,14 +215,26 @@ class McapOutput:
                                                          frame.camera_info.height, width, height)
             except ValueError:
                 pass  # an uncalibrated camera_info (zero K): the documented virtual camera instead
-        ids = conversions.detection_ids(header, len(pedestrians))
+        if ended_track_ids is None:
+            ids = conversions.detection_ids(header, len(pedestrians))
+            markers = skeleton_markers(pedestrians, header, intrinsics, self.marker_depth,
+                                       self.keypoint_threshold)
+        else:
+            from occluded_ppe_ros.ros.markers import track_skeleton_markers
+            ids = conversions.track_ids(pedestrians)
+            topic = frame.record.topic
+            drawn = {int(p.track_id) for p in pedestrians}
+            previous = self._drawn_track_ids.get(topic)
+            markers = track_skeleton_markers(pedestrians, header, intrinsics, self.marker_depth,
+                                             self.keypoint_threshold, sorted((previous or set()) - drawn),
+                                             clear_first=previous is None)
+            self._drawn_track_ids[topic] = drawn
         messages = {
             'detections': conversions.to_detection_array(pedestrians, header, ids),
             'poses': conversions.to_pose_array(pedestrians, header, ids, (height, width),
                                                self.keypoint_threshold),
             'masks': conversions.to_label_image(pedestrians, header, height, width),
-            'markers': skeleton_markers(pedestrians, header, intrinsics, self.marker_depth,
-                                        self.keypoint_threshold),
+            'markers': markers,
             'overlay': conversions.numpy_to_image(overlay_rgb, header, 'rgb8'),
         }
         log_time = frame.record.log_time_ns
@@ -240,6 +273,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.limit < 0:
             raise ValueError(f'--limit must be >= 0, got {args.limit}')
+        longest_coast = PARAMETERS_BY_NAME['tracking_max_coast_s'].maximum
+        if not 0.0 <= args.max_coast_s <= longest_coast:
+            raise ValueError(f'--max-coast-s must be in [0, {longest_coast}] seconds, got {args.max_coast_s}')
         if args.threads < 0:
             raise ValueError(f'--threads must be >= 0, got {args.threads}')
         checkpoint = resolve_checkpoint(args.checkpoint)
@@ -284,6 +320,9 @@ def _process(args: argparse.Namespace, predictor: Any, checkpoint: Path, gt_ids:
     results: list[dict] = []
     images: list[dict] = []
     used_overlay_names: set[str] = set()
+    trackers = _Trackers(args) if (args.video is not None or args.mcap is not None) and not args.no_tracking \
+        else None
+    mot_lines: list[str] = []
     start = time.perf_counter()
     progress = tqdm(total=total or None, unit='img', desc='ppe infer', dynamic_ncols=True)
     try:
@@ -302,6 +341,11 @@ def _process(args: argparse.Namespace, predictor: Any, checkpoint: Path, gt_ids:
             tick = time.perf_counter()
             pedestrians = predictor.predict(frame.rgb)
             summary.inference_seconds += time.perf_counter() - tick
+            ended = None
+            if trackers is not None:
+                pedestrians, ended = trackers.update(frame, pedestrians)
+                if args.video is not None:
+                    mot_lines.extend(mot_line(image_id, p.track_id, p.box, p.score) for p in pedestrians)
             summary.frames_processed += 1
             summary.pedestrians += len(pedestrians)
             summary.occluded_joints += int(sum(
@@ -317,7 +361,7 @@ def _process(args: argparse.Namespace, predictor: Any, checkpoint: Path, gt_ids:
                 name = _overlay_name(frame, args.images is not None, used_overlay_names)
                 cv2.imwrite(str(overlay_dir / name), cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
             if mcap_out is not None:
-                mcap_out.write(frame, pedestrians, overlay)
+                mcap_out.write(frame, pedestrians, overlay, ended)
 
         for frame in frames:
             if args.limit and summary.frames_total >= args.limit:
@@ -332,6 +376,10 @@ def _process(args: argparse.Namespace, predictor: Any, checkpoint: Path, gt_ids:
     summary.wall_seconds = time.perf_counter() - start
 
     (out_dir / 'results.json').write_text(json.dumps(results))
+    if trackers is not None:
+        summary.tracks = trackers.count
+        if args.video is not None:
+            summary.outputs['tracks_mot'] = str(write_lines(out_dir / 'tracks_mot.txt', mot_lines))
     (out_dir / 'images.json').write_text(json.dumps({'images': images}, indent=1))
     summary.outputs.update(results=str(out_dir / 'results.json'), images=str(out_dir / 'images.json'))
     if not args.no_overlays:
@@ -339,6 +387,31 @@ def _process(args: argparse.Namespace, predictor: Any, checkpoint: Path, gt_ids:
     (out_dir / 'summary.json').write_text(json.dumps(summary.to_dict(), indent=2))
     _print_summary(summary)
     return 0 if summary.frames_processed else 1
+
+
+class _Trackers:
+    """One pedestrian tracker per source stream (the video, or each MCAP image topic), node defaults."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        values = {spec.name: spec.default for spec in PARAMETERS_BY_NAME.values()}
+        values.update(tracking_max_coast_s=args.max_coast_s, keypoint_threshold=args.keypoint_threshold)
+        self.config = TrackerConfig.from_parameters(values)
+        self.trackers: dict[str, PedestrianTracker] = {}
+        self.ids: set[int] = set()
+
+    def update(self, frame: sources.Frame, pedestrians: list) -> tuple[list, list[int]]:
+        """(the frame's pedestrians with track ids, the ids of tracks that ended at this frame)."""
+        stream = frame.record.topic if frame.record is not None else ''
+        tracker = self.trackers.setdefault(stream, PedestrianTracker(self.config))
+        stamp_s = frame.stamp_s if frame.stamp_s is not None else float(frame.index)
+        tracked = tracker.update(pedestrians, stamp_s)
+        self.ids.update((stream, p.track_id) for p in tracked.pedestrians)
+        return tracked.pedestrians, tracked.ended_track_ids
+
+    @property
+    def count(self) -> int:
+        """How many tracks were seen (over all streams)."""
+        return len(self.ids)
 
 
 def _skip(summary: InferSummary, progress: Any, name: str, reason: str) -> None:

@@ -38,6 +38,9 @@ class Frame:
         message: the deserialised image message (MCAP sources only; None if it did not deserialise).
         camera_info: the latest sensor_msgs/CameraInfo recorded before this frame (MCAP sources with a
             CameraInfo topic only), for the skeleton markers' intrinsics.
+        stamp_s: when the frame was taken, seconds, for the tracker: a video's frame index / frame rate
+            (its position in milliseconds where the container gives no rate), a message's header stamp
+            (its log time when unstamped); None for image folders (not a sequence).
     """
 
     name: str
@@ -47,6 +50,7 @@ class Frame:
     record: mcap_io.RecordedMessage | None = None
     message: Any = field(default=None, repr=False)
     camera_info: Any = field(default=None, repr=False)
+    stamp_s: float | None = None
 
 
 def list_images(folder: str | Path) -> list[Path]:
@@ -103,13 +107,17 @@ def video_frames(path: str | Path, frame_step: int = 1) -> Iterator[Frame]:
     if not capture.isOpened():
         raise ValueError(f'--video {path}: cannot be opened as a video')
     try:
+        fps = capture.get(cv2.CAP_PROP_FPS)
         index = 0
         while True:
+            position_ms = capture.get(cv2.CAP_PROP_POS_MSEC)
             ok, bgr = capture.read()
             if not ok:
                 break  # end of stream (OpenCV does not tell a corrupt tail from the end)
             if index % frame_step == 0:
-                yield Frame(name=f'frame_{index:06d}', rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index=index)
+                stamp_s = index / fps if fps and fps > 0 else position_ms / 1000.0
+                yield Frame(name=f'frame_{index:06d}', rgb=cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), index=index,
+                            stamp_s=stamp_s)
             index += 1
     finally:
         capture.release()
@@ -187,6 +195,9 @@ def mcap_frames(path: str | Path, topics: list[str]) -> Iterator[Frame]:
             frame.error = str(error)
             yield frame
             continue
+        stamp = frame.message.header.stamp
+        stamp_ns = stamp.sec * 1_000_000_000 + stamp.nanosec
+        frame.stamp_s = (stamp_ns or record.log_time_ns) * 1e-9
         try:
             frame.rgb = decode_image_message(frame.message)
         except ValueError as error:
