@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -11,8 +13,8 @@ from occluded_ppe_ros.model.config import DetectionConfig, PoseConfig
 from occluded_ppe_ros.model.detection import decode_detections, detection_targets
 from occluded_ppe_ros.model.losses import (gaussian_focal_loss, giou_loss, keypoint_coordinate_loss,
                                            keypoint_heatmap_loss, keypoint_softmax_loss)
-from occluded_ppe_ros.model.ops import (ChannelAttention, cells_to_pixels, decode_heatmaps, dilate_gate,
-                                        gaussian_2d, grad_reverse, jitter_boxes,
+from occluded_ppe_ros.model.ops import (ChannelAttention, SpatialAttention, build_attention, cells_to_pixels,
+                                        decode_heatmaps, dilate_gate, gaussian_2d, grad_reverse, jitter_boxes,
                                         keypoint_distribution_targets, keypoint_targets, mask_gate,
                                         random_occlusion_gate, roi_align_separable, target_window_mass,
                                         trainable_roi_align, visible_box_gate)
@@ -367,6 +369,97 @@ def test_channel_attention_scales_each_channel_by_a_gap_driven_factor():
     # One factor per (image, channel), in (0, 1), constant over the map.
     assert torch.allclose(ratio, ratio[:, :, :1, :1].expand_as(ratio), atol=1e-6)
     assert float(ratio.min()) > 0 and float(ratio.max()) < 1
+
+
+def test_spatial_attention_is_the_papers_gap_vector_times_the_same_map():
+    """Paper 2.1: GAP gives a vector, multiplied with the same feature map it marks the most attentive
+    area. By hand: cosine of the GAP vector with each position's feature vector, through the sigmoid."""
+    attention = SpatialAttention()
+    with torch.no_grad():
+        attention.gain.fill_(3.0)
+        attention.bias.fill_(-0.5)
+    x = torch.randn(2, 8, 5, 4)
+    with torch.no_grad():
+        y = attention(x)
+    for image in range(2):
+        vector = x[image].mean(dim=(1, 2))
+        for row in range(5):
+            for col in range(4):
+                feature = x[image, :, row, col]
+                cosine = float(vector @ feature) / float(vector.norm() * feature.norm())
+                weight = 1.0 / (1.0 + math.exp(-(3.0 * cosine - 0.5)))
+                torch.testing.assert_close(y[image, :, row, col], feature * weight, atol=1e-5, rtol=1e-5)
+    # One factor per (image, position), shared by every channel: it weights where, not what.
+    ratio = y / x
+    assert torch.allclose(ratio, ratio[:, :1].expand_as(ratio), atol=1e-5)
+    assert float(ratio[:, 0].std()) > 0.05
+    # scale-free: the same weights for a map 1000 times larger
+    torch.testing.assert_close(attention(1000 * x) / (1000 * x), ratio, atol=1e-5, rtol=1e-4)
+
+
+def test_attention_kind_is_a_config_option_with_channel_the_default():
+    """'channel' stays the default (state-dict keys fc1/fc2, as every shipped checkpoint has); 'spatial'
+    is the paper configs' choice (gain/bias); anything else is refused naming it."""
+    import yaml
+
+    from occluded_ppe_ros.model.config import ModelConfig
+
+    assert isinstance(build_attention('channel', 16, 4), ChannelAttention)
+    assert isinstance(build_attention('spatial', 16, 4), SpatialAttention)
+    assert ModelConfig().detection.attention == ModelConfig().mask.attention == 'channel'
+    with pytest.raises(ValueError, match="detection.attention 'pixel' is not one of"):
+        ModelConfig.from_dict({'detection': {'attention': 'pixel'}})
+    # the heads build it and train it (a gradient reaches its two scalars)
+    from occluded_ppe_ros.model.config import MaskConfig
+    from occluded_ppe_ros.model.detection import DetectionHead
+    from occluded_ppe_ros.model.mask_head import MaskHead
+
+    head = DetectionHead(16, 2, 8, DetectionConfig(attention='spatial', head_channels=8))
+    assert {'attention.gain', 'attention.bias'} <= set(head.state_dict())
+    assert not any(key.startswith('attention.fc') for key in head.state_dict())
+    heatmap, distances = head(torch.randn(2, 16, 6, 5))
+    (heatmap.sum() + distances.sum()).backward()
+    assert float(head.attention.gain.grad.abs()) > 0
+    assert isinstance(MaskHead(16, 8, MaskConfig(attention='spatial')).attention, SpatialAttention)
+    repo = Path(__file__).resolve().parents[1]
+    for name in ('train_stage1.yaml', 'train_stage2.yaml'):
+        model = yaml.safe_load((repo / 'config' / name).read_text())['model']
+        assert model['detection']['attention'] == model['mask']['attention'] == 'spatial', name
+    for path in sorted((repo / 'config').glob('*.yaml')):
+        if path.name.startswith(('train_tiny', 'train_default', 'model_')):
+            model = yaml.safe_load(path.read_text()).get('model') or yaml.safe_load(path.read_text())
+            for section in ('detection', 'mask'):
+                assert (model.get(section) or {}).get('attention', 'channel') == 'channel', path.name
+
+
+def test_shipped_checkpoint_keeps_its_state_dict_keys_and_channel_attention():
+    """models/ppe_default.pt (written before the option existed) builds the same modules: a strict load,
+    the same keys, channel attention (its outputs against the shipped ONNX: test_default_model.py)."""
+    from occluded_ppe_ros.model.checkpoint import model_from_checkpoint
+
+    checkpoint_path = Path(__file__).resolve().parents[1] / 'models' / 'ppe_default.pt'
+    stored = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
+    assert 'attention' not in stored['model_config']['detection']
+    model, _ = model_from_checkpoint(checkpoint_path)
+    assert set(model.state_dict()) == set(stored['model'])
+    attentions = [m for name, m in model.named_modules() if name.endswith('.attention')]
+    assert attentions and all(isinstance(m, ChannelAttention) for m in attentions)
+
+
+def test_spatial_attention_exports_to_onnx_and_matches(tmp_path):
+    import onnxruntime
+
+    attention = SpatialAttention().eval()
+    with torch.no_grad():
+        attention.gain.fill_(2.0)
+    x = torch.randn(1, 16, 12, 10)
+    path = tmp_path / 'spatial.onnx'
+    torch.onnx.export(attention, (x,), str(path), dynamo=False, opset_version=18, input_names=['x'],
+                      output_names=['y'])
+    session = onnxruntime.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+    other = torch.randn(1, 16, 12, 10)
+    (got,) = session.run(None, {'x': other.numpy()})
+    np.testing.assert_allclose(got, attention(other).detach().numpy(), atol=1e-5, rtol=1e-4)
 
 
 def test_detection_targets_hand_computed_centre_ignore_and_ownership():

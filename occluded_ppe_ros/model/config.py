@@ -23,6 +23,10 @@ BRANCH_CLASS_NAMES: dict[str, tuple[str, ...]] = {
 }
 DOMAINS: tuple[str, ...] = tuple(BRANCH_CLASS_NAMES)
 
+# The attention between an encoder and a task decoder (DetectionConfig / MaskConfig .attention; ops.py):
+# 'channel' scales each channel (squeeze-and-excitation form; the default, what every shipped model uses),
+# 'spatial' scales each position (the paper's section 2.1 form; config/train_stage*.yaml).
+ATTENTION_KINDS: tuple[str, ...] = ('channel', 'spatial')
 # Keypoint heatmap losses of the pose stage (PoseConfig.heatmap_loss).
 HEATMAP_LOSSES: tuple[str, ...] = ('softmax', 'focal')
 # How a keypoint is placed inside its heatmap peak cell (ops.decode_heatmaps).
@@ -95,7 +99,9 @@ class DetectionConfig:
 
     Attributes:
         head_channels: channels of the 3x3 conv of each head tower.
-        attention_reduction: channel reduction of the GAP attention in front of the decoder.
+        attention: the attention in front of the decoder, one of ATTENTION_KINDS ('channel': per-channel
+            GAP attention, ops.ChannelAttention; 'spatial': the paper's, ops.SpatialAttention).
+        attention_reduction: channel reduction of the 'channel' attention's bottleneck.
         gaussian_alpha: heatmap Gaussian sigma = alpha * box side / 6 (TTFNet's elliptical kernel).
         regression_beta: cells whose box-Gaussian (beta * side / 6) exceeds `regression_min_weight`
             regress the box, weighted by that Gaussian.
@@ -108,6 +114,7 @@ class DetectionConfig:
     """
 
     head_channels: int = 64
+    attention: str = 'channel'
     attention_reduction: int = 4
     gaussian_alpha: float = 0.54
     regression_beta: float = 0.54
@@ -128,7 +135,8 @@ class MaskConfig:
         channels: conv/deconv channels.
         num_convs: 3x3 convs before the deconvolution.
         resolution: M, the mask side after the 2x deconvolution (= 2 * roi_size).
-        attention_reduction: channel reduction of the GAP attention in front of the decoder.
+        attention: the attention in front of the decoder, one of ATTENTION_KINDS (see DetectionConfig).
+        attention_reduction: channel reduction of the 'channel' attention's bottleneck.
         box_jitter: in training, each side of a ground-truth box is moved by up to this fraction of the
             box's width/height (uniform) before the mask target is cut from it.
     """
@@ -137,6 +145,7 @@ class MaskConfig:
     channels: int = 64
     num_convs: int = 2
     resolution: int = 28
+    attention: str = 'channel'
     attention_reduction: int = 4
     box_jitter: float = 0.05
 
@@ -306,6 +315,9 @@ class ModelConfig:
                              f'softmax expectation), got heatmap_loss {self.pose.heatmap_loss!r}')
         if self.pose.samples_per_instance < 1:
             raise ValueError(f'pose.samples_per_instance must be >= 1, got {self.pose.samples_per_instance}')
+        for name, kind in (('detection', self.detection.attention), ('mask', self.mask.attention)):
+            if kind not in ATTENTION_KINDS:
+                raise ValueError(f'{name}.attention {kind!r} is not one of {ATTENTION_KINDS}')
         if self.pose.heatmap_loss not in HEATMAP_LOSSES:
             raise ValueError(f'pose.heatmap_loss {self.pose.heatmap_loss!r} is not one of {HEATMAP_LOSSES}')
         if self.pose.subcell_decoding not in SUBCELL_DECODINGS:

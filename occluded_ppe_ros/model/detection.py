@@ -22,14 +22,14 @@ from torchvision.ops import nms
 from occluded_ppe_ros.model.backbone import _groups
 from occluded_ppe_ros.model.config import DetectionConfig
 from occluded_ppe_ros.model.losses import gaussian_focal_loss, giou_loss
-from occluded_ppe_ros.model.ops import ChannelAttention, focal_radius_sigma, gaussian_2d, inverse_sigmoid
+from occluded_ppe_ros.model.ops import build_attention, focal_radius_sigma, gaussian_2d, inverse_sigmoid
 
 # Distances are predicted as stride * exp(raw); the clamp bounds exp in half precision and early training.
 _MAX_LOG_DISTANCE = 8.0
 
 
 class DetectionHead(nn.Module):
-    """GAP attention, then a heatmap tower and a box tower (3x3 conv + GN + ReLU, 1x1 out).
+    """GAP attention (cfg.attention), then a heatmap tower and a box tower (3x3 conv + GN + ReLU, 1x1 out).
 
     forward(features [B, C, h, w]) -> (heatmap logits [B, num_classes, h, w],
     side distances [B, 4, h, w] in input pixels: left, top, right, bottom of the cell centre).
@@ -40,7 +40,7 @@ class DetectionHead(nn.Module):
         self.cfg = cfg
         self.num_classes = num_classes
         self.stride = stride
-        self.attention = ChannelAttention(in_channels, cfg.attention_reduction)
+        self.attention = build_attention(cfg.attention, in_channels, cfg.attention_reduction)
         self.heatmap = _tower(in_channels, cfg.head_channels, num_classes)
         self.box = _tower(in_channels, cfg.head_channels, 4)
         # Start every cell at a 0.1 centre probability (CenterNet's prior) so early focal losses stay small.

@@ -16,7 +16,7 @@ from torchvision.ops import roi_align
 
 from occluded_ppe_ros.model.backbone import _groups
 from occluded_ppe_ros.model.config import MaskConfig
-from occluded_ppe_ros.model.ops import ChannelAttention, trainable_roi_align
+from occluded_ppe_ros.model.ops import build_attention, trainable_roi_align
 
 
 class MaskHead(nn.Module):
@@ -26,7 +26,7 @@ class MaskHead(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.stride = stride
-        self.attention = ChannelAttention(in_channels, cfg.attention_reduction)
+        self.attention = build_attention(cfg.attention, in_channels, cfg.attention_reduction)
         layers: list[nn.Module] = []
         channels = in_channels
         for _ in range(cfg.num_convs):

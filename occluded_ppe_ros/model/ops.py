@@ -1,10 +1,18 @@
 """Small ops of the network, each a function (plus a module wrapper where it has parameters).
 
-- `ChannelAttention`: the attention between encoder and each task decoder (paper section 2.1: "GAP on
-  feature maps to generate a vector that is multiplied with the same feature map"). The pooled vector
-  goes through a 1x1 bottleneck and a sigmoid before the multiplication (squeeze-and-excitation form),
-  so the scaling is learned, bounded in (0, 1) and starts near 0.5 for every channel instead of
-  multiplying the map by its raw mean (which would square the feature scale).
+- The attention between encoder and each task decoder (paper section 2.1: "spatial attention ... applies
+  GAP on feature maps to generate vector and that is multiplied with the same feature map to generate
+  most attentive area"), in two forms chosen by `attention` in DetectionConfig / MaskConfig
+  (`build_attention`):
+  - `ChannelAttention` ('channel', the default and every shipped model's): the pooled vector goes through
+    a 1x1 bottleneck and a sigmoid and scales each channel (squeeze-and-excitation form). It weights
+    *what* the decoder looks at, the same at every position.
+  - `SpatialAttention` ('spatial', the paper's form, config/train_stage*.yaml): the pooled vector is
+    multiplied with the feature vector at each position (cosine similarity), giving one map of how much
+    each position looks like the image's dominant content; a sigmoid of it (learned gain and bias)
+    scales every channel at that position. It weights *where* the decoder looks.
+  Both are bounded in (0, 1) and start near 0.5 instead of multiplying the map by its raw mean (which
+  would square the feature scale).
 - `grad_reverse` / `GradientReversal`: identity forward, gradient times -lambda backward (DANN).
 - `mask_gate`, `random_occlusion_gate`: the mask-and-predict gating of instance features.
 - `decode_heatmaps`: keypoint argmax with sub-pixel quarter-offset refinement, and the joint's score.
@@ -24,7 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import roi_align
 
-from occluded_ppe_ros.model.config import HEATMAP_LOSSES, SUBCELL_DECODINGS
+from occluded_ppe_ros.model.config import ATTENTION_KINDS, HEATMAP_LOSSES, SUBCELL_DECODINGS
 
 
 class ChannelAttention(nn.Module):
@@ -41,6 +49,36 @@ class ChannelAttention(nn.Module):
         pooled = x.mean(dim=(2, 3), keepdim=True)
         weights = torch.sigmoid(self.fc2(F.relu(self.fc1(pooled))))
         return x * weights
+
+
+class SpatialAttention(nn.Module):
+    """The paper's spatial attention: x * sigmoid(gain * cos(GAP(x), x[:, :, i, j]) + bias), [B, C, H, W].
+
+    The cosine (not the raw dot product) keeps the map independent of the feature scale, so the two
+    scalars start it in (0.27, 0.73) whatever the encoder's output magnitude.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gain = nn.Parameter(torch.tensor(1.0))
+        self.bias = nn.Parameter(torch.tensor(0.0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x float [B, C, H, W]. Returns x scaled per position, [B, C, H, W]."""
+        pooled = x.mean(dim=(2, 3), keepdim=True)                          # [B, C, 1, 1]
+        dot = (x * pooled).sum(dim=1, keepdim=True)                        # [B, 1, H, W]
+        norms = x.norm(dim=1, keepdim=True) * pooled.norm(dim=1, keepdim=True)
+        similarity = dot / norms.clamp_min(1e-6)
+        return x * torch.sigmoid(self.gain * similarity + self.bias)
+
+
+def build_attention(kind: str, channels: int, reduction: int) -> nn.Module:
+    """The attention module of ATTENTION_KINDS `kind` for a [B, channels, H, W] encoder map."""
+    if kind == 'channel':
+        return ChannelAttention(channels, reduction)
+    if kind == 'spatial':
+        return SpatialAttention()
+    raise ValueError(f'attention {kind!r} is not one of {ATTENTION_KINDS}')
 
 
 class _GradientReversalFunction(torch.autograd.Function):
