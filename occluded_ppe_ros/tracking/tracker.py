@@ -12,7 +12,11 @@ Per frame:
 3. tracks and detections are paired by `scipy.optimize.linear_sum_assignment` on a similarity that mixes
    the IoU of the predicted and detected boxes with an OKS-like keypoint similarity (COCO's per-joint
    tolerances, widened by the track's position uncertainty so that a long-coasting track still finds its
-   person near the predicted place); pairs below `min_similarity` are never matched;
+   person near the predicted place); pairs below `min_similarity` are never matched. In rounds, as
+   DeepSORT's matching cascade: confirmed tracks (`min_hits` matches) by the number of frames since
+   their last match, fewest first, then the unconfirmed ones, each round with the detections left; so a
+   coasting track's prediction, which may lie on the person walking in front of it, never takes that
+   person's detection from their own track;
 4. a matched track is corrected by the detection's box; an unmatched detection starts a new track with
    the next id (ids are never re-used by another person).
 
@@ -27,6 +31,7 @@ recording looping) ends every track and starts afresh.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +64,9 @@ class TrackerConfig:
             are not learnt as offsets, [0, 1].
         occluded_joint_weight: weight of a detected joint flagged occluded in the keypoint similarity
             (visible joints weigh 1): the network guesses hidden joints, so they count less, [0, 1].
+        max_height_ratio: a detection whose box height differs from a track's predicted height by more
+            than this factor is never matched to it (> 1).
+        min_hits: matches after which a track is confirmed (matched before unconfirmed ones).
         carry_occluded_joints: replace a joint flagged occluded by the track's carried-forward position of
             it (where it was last seen, relative to the box), when the track has seen it within
             max_coast_s.
@@ -72,6 +80,8 @@ class TrackerConfig:
     keypoint_threshold: float = 0.1
     occluded_joint_weight: float = 0.5
     carry_occluded_joints: bool = True
+    max_height_ratio: float = 1.4
+    min_hits: int = 3
     noise: MotionNoise = field(default_factory=MotionNoise)
 
     def __post_init__(self) -> None:
@@ -81,6 +91,8 @@ class TrackerConfig:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
+        if not self.max_height_ratio > 1.0:
+            raise ValueError(f'max_height_ratio must be > 1, got {self.max_height_ratio}')
         if not self.keypoint_tolerance > 0.0:
             raise ValueError(f'keypoint_tolerance must be > 0, got {self.keypoint_tolerance}')
 
@@ -156,6 +168,8 @@ class PedestrianTracker:
         self._state = np.zeros((0, kalman.STATE_SIZE))
         self._covariance = np.zeros((0, kalman.STATE_SIZE, kalman.STATE_SIZE))
         self._last_matched = np.zeros(0)
+        self._hits = np.zeros(0, np.int64)  # matches so far
+        self._missed = np.zeros(0, np.int64)  # updates since the last match
         # Joint offsets from the box centre in box sizes ([T, 13, 2]), and when each was last seen.
         self._joint_offsets = np.zeros((0, NUM_KEYPOINTS, 2))
         self._joint_seen = np.full((0, NUM_KEYPOINTS), -np.inf)
@@ -177,6 +191,8 @@ class PedestrianTracker:
         self._state = self._state[rows]
         self._covariance = self._covariance[rows]
         self._last_matched = self._last_matched[rows]
+        self._hits = self._hits[rows]
+        self._missed = self._missed[rows]
         self._joint_offsets = self._joint_offsets[rows]
         self._joint_seen = self._joint_seen[rows]
 
@@ -240,7 +256,10 @@ class PedestrianTracker:
                 self._state[track_rows], self._covariance[track_rows],
                 kalman.boxes_to_measurements(boxes[detection_rows]), config.noise)
             self._last_matched[track_rows] = stamp_s
+            self._hits[track_rows] += 1
             track_ids[detection_rows] = self.ids[track_rows]
+        self._missed += 1
+        self._missed[track_rows] = 0
         unmatched = np.ones(count, bool)
         unmatched[detection_rows] = False
         new_rows = np.flatnonzero(unmatched)
@@ -289,9 +308,30 @@ class PedestrianTracker:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         similarity = self.similarity(boxes, keypoints, found, occluded)
         similarity[similarity < self.config.min_similarity] = _NO_MATCH
-        track_rows, detection_rows = linear_sum_assignment(similarity, maximize=True)
-        good = similarity[track_rows, detection_rows] >= self.config.min_similarity
-        return track_rows[good].astype(np.int64), detection_rows[good].astype(np.int64)
+        # A person's height cannot jump between frames: such a pair is two people overlapping (the near
+        # one's big box over the far one's track), however much the boxes overlap.
+        predicted_height = np.maximum(self._state[:, 3], 1.0)
+        height_ratio = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)[None, :] / predicted_height[:, None]
+        similarity[np.abs(np.log(height_ratio)) > math.log(self.config.max_height_ratio)] = _NO_MATCH
+        # Round of each track: frames since its last match; unconfirmed tracks after every confirmed one.
+        rounds = np.where(self._hits >= self.config.min_hits, self._missed, self._missed.max(initial=0) + 1)
+        matched_tracks, matched_detections = [], []
+        free = np.ones(len(boxes), bool)
+        for round_ in np.unique(rounds):
+            tracks = np.flatnonzero(rounds == round_)
+            detections = np.flatnonzero(free)
+            if not len(tracks) or not len(detections):
+                continue
+            block = similarity[np.ix_(tracks, detections)]
+            rows, cols = linear_sum_assignment(block, maximize=True)
+            good = block[rows, cols] >= self.config.min_similarity
+            matched_tracks.append(tracks[rows[good]])
+            matched_detections.append(detections[cols[good]])
+            free[detections[cols[good]]] = False
+        if not matched_tracks:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        return (np.concatenate(matched_tracks).astype(np.int64),
+                np.concatenate(matched_detections).astype(np.int64))
 
     def _start_tracks(self, boxes: np.ndarray, stamp_s: float) -> None:
         count = len(boxes)
@@ -301,6 +341,8 @@ class PedestrianTracker:
         self._state = np.concatenate([self._state, state])
         self._covariance = np.concatenate([self._covariance, covariance])
         self._last_matched = np.concatenate([self._last_matched, np.full(count, stamp_s)])
+        self._hits = np.concatenate([self._hits, np.ones(count, np.int64)])
+        self._missed = np.concatenate([self._missed, np.zeros(count, np.int64)])
         self._joint_offsets = np.concatenate([self._joint_offsets, np.zeros((count, NUM_KEYPOINTS, 2))])
         self._joint_seen = np.concatenate([self._joint_seen, np.full((count, NUM_KEYPOINTS), -np.inf)])
 

@@ -27,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--back-view-probability', type=float, default=0.3,
                         help='share of people seen from behind (0-1); the rest are front and side views')
     parser.add_argument('--jpeg-quality', type=int, default=92, help='JPEG quality 0-100')
+    parser.add_argument('--videos', type=int, default=0, metavar='N',
+                        help='instead of still images: N tracking sequences (people walking behind vans, '
+                             'poles and each other; MOTChallenge gt + per-frame COCO annotations), '
+                             'see training/datasets/synthetic_video.py; --size, --seed apply')
+    parser.add_argument('--people', type=int, default=6, help='--videos: people per sequence')
+    parser.add_argument('--duration', type=float, default=8.0, help='--videos: seconds per sequence')
+    parser.add_argument('--fps', type=float, default=30.0, help='--videos: frames per second')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +42,20 @@ def run(args: argparse.Namespace) -> int:
 
     if args.num_images < 0:
         raise SystemExit(f'--num-images must be >= 0, got {args.num_images}')
+    if args.videos:
+        from occluded_ppe_training.datasets.synthetic_video import VideoConfig, write_sequence
+        if args.people < 1 or args.duration <= 0 or args.fps <= 0:
+            raise SystemExit(f'--people, --duration and --fps must be positive, got {args.people}, '
+                             f'{args.duration}, {args.fps}')
+        width, height = args.size
+        config = VideoConfig(width=width, height=height, fps=args.fps, duration_s=args.duration,
+                             num_people=args.people, jpeg_quality=args.jpeg_quality)
+        for index in range(args.videos):
+            summary = write_sequence(args.out, f'synth-{index:02d}', args.seed, index, config)
+            print(f'wrote {args.out}/synth-{index:02d}: {summary["frames"]} frames, '
+                  f'{summary["people"]} people, {summary["boxes"]} boxes '
+                  f'({summary["fully_hidden_boxes"]} fully hidden)')
+        return 0
     if not 0.0 <= args.back_view_probability <= 1.0:
         raise SystemExit(f'--back-view-probability must be in [0, 1], got {args.back_view_probability}')
     width, height = args.size

@@ -1,0 +1,164 @@
+"""Tracker quality and cost on synthetic street sequences, without a network (issue 18 targets).
+
+    .venv/bin/python benchmarks/tracking.py [--sequences 6] [--people 7] [--seed 0] [--json out.json]
+
+Quality: `--sequences` synthetic videos (training/datasets/synthetic_video.py: people walking across a
+street, behind vans, poles and each other; 8 s at 30 fps, `--people` people each) give exact boxes, ids,
+joints and visibility per frame. They become detections the way a detector sees them: nothing while a
+person is fully hidden (visibility < 5 %), detections dropped at random, more often the more the person
+is hidden (kept with probability 0.97 x min(1, 0.4 + visibility)), box sides jittered by 5 % of the
+width (left, right) and 3 % of the height (top, bottom), visible joints by 3 % of the height, hidden
+joints (the network's guess) by 10 %, 5 % of the occlusion flags wrong, and 0.1 false boxes per frame.
+The tracker (node defaults) runs over them and `ppe eval tracking`'s code scores the tracks (motmetrics
+MOTA, IDF1; identity switches per full occlusion). Targets: IDF1 >= 0.8, <= 0.1 identity switches per
+full occlusion of up to 1 s.
+
+Cost: PedestrianTracker.update (what the node calls, Pedestrian objects in and out) on frames with 20
+people walking; target <= 1 ms per frame. Median and 95th percentile over the timed frames.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from occluded_ppe_ros.source_tree import import_training_from_source  # noqa: E402
+
+import_training_from_source(REPO)
+
+from occluded_ppe_ros.inference.results import Pedestrian  # noqa: E402
+from occluded_ppe_ros.ros.parameters import PARAMETERS  # noqa: E402
+from occluded_ppe_ros.tracking import PedestrianTracker, TrackerConfig  # noqa: E402
+from occluded_ppe_training.datasets.synthetic_video import (FULLY_HIDDEN_VISIBILITY, VideoConfig,  # noqa: E402
+                                                            render_sequence, sequence_rng)
+from occluded_ppe_training.evaluation.tracking import evaluate_sequences  # noqa: E402
+
+
+def node_default_config() -> TrackerConfig:
+    """The tracker as ppe_node runs it with config/ppe.yaml's defaults."""
+    return TrackerConfig.from_parameters({spec.name: spec.default for spec in PARAMETERS})
+
+
+def simulated_detection(rng: np.random.Generator, keypoints: np.ndarray, occluded: np.ndarray,
+                        box: np.ndarray) -> Pedestrian:
+    """A noisy detection of one person (module docstring): keypoints [13, 2], occluded [13], box [4]."""
+    width, height = float(box[2] - box[0]), float(box[3] - box[1])
+    noisy_box = box + rng.normal(0.0, 1.0, 4) * np.array([0.05 * width, 0.03 * height] * 2)
+    joint_noise = np.where(occluded[:, None], 0.10, 0.03) * height
+    noisy_joints = keypoints + rng.normal(0.0, 1.0, (13, 2)) * joint_noise
+    flags = occluded ^ (rng.random(13) < 0.05)
+    return Pedestrian(box=noisy_box.astype(np.float32), class_id=0, class_name='pedestrian',
+                      score=float(rng.uniform(0.5, 1.0)), mask=np.zeros((1, 1), bool),
+                      mask_origin=np.zeros(2, int), keypoints=noisy_joints.astype(np.float32),
+                      keypoint_scores=np.where(flags, 0.5, 0.9).astype(np.float32), keypoint_occluded=flags)
+
+
+def false_detection(rng: np.random.Generator, width: int, height: int) -> Pedestrian:
+    """A box where nobody is (clutter): random place and person-like size."""
+    h = rng.uniform(0.2, 0.5) * height
+    x, y = rng.uniform(0, width - h / 3), rng.uniform(0, height - h)
+    joints = np.stack([rng.uniform(x, x + h / 3, 13), rng.uniform(y, y + h, 13)], axis=1)
+    return Pedestrian(box=np.array([x, y, x + h / 3, y + h], np.float32), class_id=0, class_name='pedestrian',
+                      score=float(rng.uniform(0.3, 0.6)), mask=np.zeros((1, 1), bool),
+                      mask_origin=np.zeros(2, int), keypoints=joints.astype(np.float32),
+                      keypoint_scores=np.full(13, 0.4, np.float32), keypoint_occluded=np.zeros(13, bool))
+
+
+def run_sequence(seed: int, index: int, config: VideoConfig, tracker_config: TrackerConfig):
+    """(gt rows, output rows) of one sequence: MOTChallenge columns, 1-based frames."""
+    rng = np.random.default_rng([seed, index, 99])
+    tracker = PedestrianTracker(tracker_config)
+    gt_rows, out_rows = [], []
+    for frame, (_, truths) in enumerate(render_sequence(sequence_rng(seed, index), config, draw=False), 1):
+        detections = []
+        for person in truths:
+            box = person.truth.box.astype(np.float64)
+            gt_rows.append([frame, person.track_id, box[0], box[1], box[2] - box[0], box[3] - box[1], 1, 1,
+                            person.visibility, -1])
+            if person.visibility < FULLY_HIDDEN_VISIBILITY:
+                continue
+            if rng.random() > 0.97 * min(1.0, 0.4 + person.visibility):
+                continue
+            detections.append(simulated_detection(rng, person.truth.keypoints.astype(np.float64),
+                                                  person.truth.occluded, box))
+        for _ in range(rng.poisson(0.1)):
+            detections.append(false_detection(rng, config.width, config.height))
+        for tracked in tracker.update(detections, (frame - 1) / config.fps).pedestrians:
+            x1, y1, x2, y2 = (float(v) for v in tracked.box)
+            out_rows.append([frame, tracked.track_id, x1, y1, x2 - x1, y2 - y1, tracked.score, -1, -1, -1])
+    return np.array(gt_rows, np.float64), np.array(out_rows, np.float64).reshape(-1, 10)
+
+
+def time_tracker(people: int = 20, frames: int = 600, seed: int = 0) -> dict[str, float]:
+    """Milliseconds per PedestrianTracker.update with `people` walkers in every frame."""
+    rng = np.random.default_rng(seed)
+    starts = np.stack([rng.uniform(0, 1200, people), rng.uniform(100, 600, people)], axis=1)
+    velocities = np.stack([rng.choice([-1, 1], people) * rng.uniform(40, 120, people),
+                           rng.normal(0, 5, people)], axis=1)
+    heights = rng.uniform(80, 250, people)
+    offsets = np.stack([rng.uniform(-0.15, 0.15, (people, 13)),
+                        np.linspace(-0.45, 0.45, 13)[None].repeat(people, 0)], axis=2)
+    tracker = PedestrianTracker(node_default_config())
+    timings = []
+    for frame in range(frames):
+        t = frame / 30.0
+        centres = starts + velocities * t
+        detections = []
+        for k in range(people):
+            box = np.array([centres[k, 0] - heights[k] / 6, centres[k, 1] - heights[k] / 2,
+                            centres[k, 0] + heights[k] / 6, centres[k, 1] + heights[k] / 2])
+            joints = centres[k] + offsets[k] * heights[k]
+            detections.append(simulated_detection(rng, joints, rng.random(13) < 0.2, box))
+        tick = time.perf_counter()
+        tracker.update(detections, t)
+        timings.append((time.perf_counter() - tick) * 1e3)
+    timed = np.array(timings[50:])  # after the first tracks settle
+    return {'people': people, 'frames_timed': len(timed), 'median_ms': float(np.median(timed)),
+            'mean_ms': float(timed.mean()), 'p95_ms': float(np.percentile(timed, 95))}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run both measurements, print them, optionally write JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--sequences', type=int, default=6, help='synthetic sequences (8 s, 30 fps each)')
+    parser.add_argument('--people', type=int, default=7, help='people per sequence (>= 5 for the target)')
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--json', type=Path, default=None, help='write the numbers here')
+    args = parser.parse_args(argv)
+    config = VideoConfig(num_people=args.people)
+    tracker_config = node_default_config()
+    start = time.perf_counter()
+    pairs = []
+    for index in range(args.sequences):
+        gt, out = run_sequence(args.seed, index, config, tracker_config)
+        pairs.append((f'seq{index:02d}', gt, out, config.fps))
+    scores = evaluate_sequences(pairs)
+    quality = scores.to_dict()
+    cost = time_tracker()
+    m, short = quality['metrics'], quality['occlusions_up_to_1s']
+    print(f'tracking quality: {args.sequences} sequences x {config.num_frames} frames, {args.people} people: '
+          f'MOTA {m["mota"]:.3f}, IDF1 {m["idf1"]:.3f}, {int(m["num_switches"])} id switches, '
+          f'{int(m["num_false_positives"])} FP, {int(m["num_misses"])} misses')
+    print(f'full occlusions <= 1 s: {short["events"]} ({short["resolved"]} matched on both sides), '
+          f'{short["switches"]} id switches = {short["switches_per_event"]:.3f} per occlusion; longer: '
+          f'{quality["occlusions_longer_than_1s"]}')
+    print(f'tracker cost, {cost["people"]} people: median {cost["median_ms"]:.3f} ms, '
+          f'mean {cost["mean_ms"]:.3f} ms, p95 {cost["p95_ms"]:.3f} ms per frame '
+          f'({time.perf_counter() - start:.0f} s in all)')
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        quality.pop('events')
+        args.json.write_text(json.dumps({'quality': quality, 'cost': cost, 'sequences': args.sequences,
+                                         'people': args.people, 'seed': args.seed}, indent=2))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
