@@ -49,7 +49,14 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     sub = argparse.ArgumentParser(prog=f'ppe {command}', description=text)
     module.add_arguments(sub)
-    return int(module.run(sub.parse_args(rest)) or 0)
+    arguments = sub.parse_args(rest)
+    from occluded_ppe_ros.inference.model_file import ModelFileError  # torch-free
+    try:
+        return int(module.run(arguments) or 0)
+    except ModelFileError as error:
+        # A bad model file in any command: one line naming the file and what is wrong, no traceback.
+        print(f'ppe {command}: error: {error}', file=sys.stderr)
+        return 2
 
 
 if __name__ == '__main__':

@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from occluded_ppe_ros.inference.model_file import as_model_file_error, check_model_file
 from occluded_ppe_ros.model.config import ModelConfig
 from occluded_ppe_ros.model.network import PPENet, build_model
 
@@ -93,13 +94,14 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = 'cpu') 
     """Read a checkpoint dict (weights_only=True) and check its format and keys.
 
     Raises:
-        FileNotFoundError: no such file.
+        ModelFileError: missing, empty, truncated, corrupt or not a torch checkpoint (one line).
         ValueError: not an occluded_ppe checkpoint (names the missing key or the format found).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
-    checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    path = check_model_file(path)  # missing, empty, truncated, corrupt or not a checkpoint: ModelFileError
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - unpickling raises many kinds on a damaged file
+        raise as_model_file_error(path, error, 'torch.load') from error
     if not isinstance(checkpoint, dict):
         raise ValueError(f'checkpoint {path} holds a {type(checkpoint).__name__}, expected a dict')
     missing = [key for key in _REQUIRED_KEYS if key not in checkpoint]

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from occluded_ppe_ros.inference.backends.base import BACKEND_NAMES, OUTPUT_NAMES, Backend, check_outputs
+from occluded_ppe_ros.inference.model_file import ModelFileError, as_model_file_error, check_model_file
 
 __all__ = ['BACKEND_NAMES', 'OUTPUT_NAMES', 'Backend', 'check_outputs', 'create_backend']
 
@@ -47,12 +48,29 @@ def create_backend(name: str, model_path: str | os.PathLike, device: str = 'cpu'
 
     Returns:
         A backend with `name`, `input_size`, `class_names` and `run`.
+
+    Raises:
+        ModelFileError: the model file is missing, empty, truncated, corrupt, of the wrong format, or its
+            loader fails on it (one line naming the file and the problem).
     """
     if name not in BACKEND_NAMES:
         raise ValueError(f'unknown backend {name!r}; expected one of {BACKEND_NAMES}')
-    model_path = Path(model_path)
-    if not model_path.is_file():
-        raise FileNotFoundError(f'model file {model_path} does not exist')
+    model_path = check_model_file(model_path)
+    try:
+        return _open_backend(name, model_path, device, domain, input_size, max_detections)
+    except ModelFileError:
+        raise
+    except (ImportError, MemoryError):
+        raise  # the environment, not the file
+    except Exception as error:  # noqa: BLE001 - torch.load, ONNX Runtime, TensorRT raise many kinds
+        if type(error).__name__ == 'TensorRTUnavailableError':
+            raise
+        raise as_model_file_error(model_path, error, f'loading it with the {name} backend') from error
+
+
+def _open_backend(name: str, model_path: Path, device: str, domain: str | None,
+                  input_size: tuple[int, int] | None, max_detections: int | None) -> Backend:
+    """create_backend's work once the file passed its checks."""
     if name == 'auto':
         from occluded_ppe_ros.inference.tensorrt_engine import tensorrt_available
 
