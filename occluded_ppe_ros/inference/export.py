@@ -430,6 +430,8 @@ def run(args: argparse.Namespace) -> int:
     """`ppe export`: export, log the graph's I/O, run the parity gate; 1 on a mismatch, 2 on bad input."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
     torch.set_num_threads(max(1, args.threads))
+    if args.checkpoint and _is_pipeline_checkpoint(args.checkpoint):
+        return _run_pipeline_export(args)
     try:
         network = load_network(args.checkpoint, args.config, seed=args.seed)
     except (ValueError, FileNotFoundError) as error:
@@ -478,4 +480,41 @@ def run(args: argparse.Namespace) -> int:
     finally:
         staged.unlink(missing_ok=True)
     print(f'parity: ONNX Runtime matches PyTorch on images not used for export; wrote {out}')
+    return 0
+
+
+def _is_pipeline_checkpoint(path: str) -> bool:
+    """True for a pretrained-pipeline checkpoint (two graphs); False for PPENet or an unreadable file,
+    which `load_network` then reports."""
+    from occluded_ppe_ros.model.pipeline_checkpoint import checkpoint_is_pipeline
+
+    try:
+        return checkpoint_is_pipeline(path)
+    except (ValueError, FileNotFoundError, RuntimeError, OSError):
+        return False
+
+
+def _run_pipeline_export(args: argparse.Namespace) -> int:
+    """`ppe export` of a pipeline checkpoint: the detector graph at --out and the pose graph beside it."""
+    from occluded_ppe_ros.inference.pipeline_export import export_pipeline
+    from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint
+
+    if args.domain or args.max_detections or args.input_size or args.fixed_batch:
+        print('ppe export: error: --domain, --input-size, --max-detections and --fixed-batch apply to the '
+              'PPENet export only; the pipeline exports its own config (symbolic batch and people)')
+        return 2
+    net, _ = pipeline_from_checkpoint(args.checkpoint)
+    try:
+        detector, pose, report = export_pipeline(
+            net, args.out, source={'checkpoint': str(args.checkpoint), 'sha256': sha256_of(args.checkpoint)},
+            intra_op_threads=args.threads)
+    except RuntimeError as error:
+        print(f'ppe export: PARITY FAILED: {error}')
+        return 1
+    for path in (detector, pose):
+        print(f'exported {path}')
+        for line in describe_onnx_io(path):
+            print(f'  {line}')
+    print(report)
+    print(f'parity: ONNX Runtime matches PyTorch on both graphs; wrote {detector} and {pose}')
     return 0

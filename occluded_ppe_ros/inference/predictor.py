@@ -128,6 +128,10 @@ class Predictor:
                 raise ValueError(f'unknown threshold {name!r}; known: {known}')
         for name, value in checked.items():
             setattr(self, name, value)
+        if 'score_threshold' in checked and hasattr(self.backend, 'pose_min_score'):
+            # a two-graph backend (the pretrained pipeline) then runs its pose graph on just the boxes
+            # this threshold keeps: the pose cost follows the people reported, not the K box rows
+            self.backend.pose_min_score = checked['score_threshold']
 
     def predict(self, image: np.ndarray) -> list[Pedestrian]:
         """Pedestrians in one uint8 [H, W, 3] RGB image, in its pixels, best score first."""

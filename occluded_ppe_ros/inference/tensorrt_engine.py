@@ -104,6 +104,7 @@ class EngineKey:
         onnx_sha256: sha256 of the fp32 ONNX file the engine comes from.
         fp16_route: fp16 only (else ''): how fp16 got into the engine, `fp16_route()`.
         calibration_sha256: int8 only (else ''): `calibration_set_sha256()` of the calibration images.
+        extra_profiles: JSON of the optimisation profiles of inputs other than `images` ('' for none).
     """
 
     tensorrt_version: str
@@ -113,6 +114,7 @@ class EngineKey:
     onnx_sha256: str
     fp16_route: str = ''
     calibration_sha256: str = ''
+    extra_profiles: str = ''
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -355,7 +357,8 @@ def quantize_onnx_int8(onnx_path: Path, out_path: Path, calibration: np.ndarray)
 # ---------------------------------------------------------------- the TensorRT build itself
 
 def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, int, int, int],
-                            weak_fp16: bool = False, workspace_bytes: int = 2 << 30) -> bytes:
+                            weak_fp16: bool = False, workspace_bytes: int = 2 << 30,
+                            extra_profiles: dict[str, tuple[tuple[int, ...], ...]] | None = None) -> bytes:
     """Parse an ONNX file and build a serialized engine for one fixed input shape.
 
     Args:
@@ -363,6 +366,8 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, int, int, i
         input_shape: (B, 3, H, W) for the `images` optimisation profile (min = opt = max).
         weak_fp16: TensorRT 10 fallback: a weakly typed build with BuilderFlag.FP16.
         workspace_bytes: builder workspace memory pool limit.
+        extra_profiles: further inputs with a (min, opt, max) shape each, e.g. the pipeline pose graph's
+            `rois` [N, 5] with N from 1 to K.
 
     Returns:
         The serialized engine (plan) bytes.
@@ -386,6 +391,8 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, int, int, i
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     profile.set_shape(INPUT_NAME, input_shape, input_shape, input_shape)
+    for name, (minimum, optimum, maximum) in (extra_profiles or {}).items():
+        profile.set_shape(name, minimum, optimum, maximum)
     config.add_optimization_profile(profile)
     for index in range(network.num_inputs):
         tensor = network.get_input(index)
@@ -401,7 +408,7 @@ def build_serialized_engine(onnx_path: Path, input_shape: tuple[int, int, int, i
 
 def engine_key(onnx_path: str | os.PathLike, precision: str, input_shape: tuple[int, int, int, int],
                tensorrt_version: str, compute_capability: tuple[int, int], fp16_route: str = '',
-               calibration_sha256: str = '') -> EngineKey:
+               calibration_sha256: str = '', extra_profiles: dict | None = None) -> EngineKey:
     """The cache key of an engine built from `onnx_path` (hashes the file).
 
     Args:
@@ -411,7 +418,8 @@ def engine_key(onnx_path: str | os.PathLike, precision: str, input_shape: tuple[
                      compute_capability=f'{compute_capability[0]}.{compute_capability[1]}',
                      precision=precision, input_shape=tuple(input_shape),
                      onnx_sha256=sha256_file(onnx_path), fp16_route=fp16_route,
-                     calibration_sha256=calibration_sha256)
+                     calibration_sha256=calibration_sha256,
+                     extra_profiles=json.dumps(extra_profiles, sort_keys=True) if extra_profiles else '')
 
 
 def default_cache_dir(onnx_path: str | os.PathLike) -> Path:
@@ -421,8 +429,12 @@ def default_cache_dir(onnx_path: str | os.PathLike) -> Path:
 
 def build_engine(onnx_path: str | os.PathLike, precision: str = 'fp16', cache_dir: str | None = None,
                  calib_dir: str | None = None, batch: int = DEFAULT_BATCH,
-                 max_calibration_images: int = 64) -> tuple[Path, bool]:
+                 max_calibration_images: int = 64,
+                 extra_profiles: dict[str, tuple[tuple[int, ...], ...]] | None = None) -> tuple[Path, bool]:
     """Return the cached engine for (ONNX, precision, shape, TensorRT, GPU), building it if needed.
+
+    `extra_profiles`: (min, opt, max) shapes of inputs other than `images` (the pipeline pose graph's
+    `rois`); int8 is not offered for such graphs (its calibration feeds images only).
 
     Returns:
         (engine path, True when it was built now, False when reused).
@@ -433,6 +445,9 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = 'fp16', cache_di
     """
     if precision not in PRECISIONS:
         raise ValueError(f'--precision must be one of {PRECISIONS}, got {precision!r}')
+    if precision == 'int8' and extra_profiles:
+        raise ValueError(f'--precision int8 is not supported for {onnx_path}: its inputs '
+                         f'{sorted(extra_profiles)} besides images cannot be calibrated; use fp16')
     if precision == 'int8' and not calib_dir:
         raise ValueError('--precision int8 needs --calib-dir (a folder of calibration images)')
     onnx_path = Path(onnx_path)
@@ -447,7 +462,7 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = 'fp16', cache_di
     input_shape = onnx_input_shape(onnx_path, batch)
     route = fp16_route(trt.BuilderFlag) if precision == 'fp16' else ''
     key = engine_key(onnx_path, precision, input_shape, trt.__version__, capability, fp16_route=route,
-                     calibration_sha256=calibration_sha256)
+                     calibration_sha256=calibration_sha256, extra_profiles=extra_profiles)
     cache = EngineCache(cache_dir or default_cache_dir(onnx_path))
 
     def build() -> bytes:
@@ -465,7 +480,8 @@ def build_engine(onnx_path: str | os.PathLike, precision: str = 'fp16', cache_di
                 graph = quantize_onnx_int8(onnx_path, Path(work) / 'model_int8_qdq.onnx', calibration)
             LOG.info('building %s engine for %s %s (TensorRT %s, sm %s)', precision, onnx_path,
                      input_shape, trt.__version__, key.compute_capability)
-            return build_serialized_engine(graph, input_shape, weak_fp16=weak_fp16)
+            return build_serialized_engine(graph, input_shape, weak_fp16=weak_fp16,
+                                           extra_profiles=extra_profiles)
 
     return cache.get_or_build(key, build)
 
@@ -487,8 +503,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         path, built = build_engine(args.onnx, args.precision, args.cache_dir, args.calib_dir, args.batch,
                                    args.max_calib_images)
-    except (TensorRTUnavailableError, ValueError) as error:
+        print(f'{"built" if built else "reused cached"} engine: {path}')
+        from occluded_ppe_ros.inference.backends.pipeline_backend import (is_pipeline_onnx,
+                                                                          pipeline_engine_profiles,
+                                                                          pose_graph_path)
+
+        if is_pipeline_onnx(args.onnx):
+            # the pretrained pipeline's second graph, named in the detector graph's metadata
+            pose_path, built = build_engine(pose_graph_path(args.onnx), args.precision, args.cache_dir,
+                                            batch=args.batch,
+                                            extra_profiles=pipeline_engine_profiles(args.onnx))
+            print(f'{"built" if built else "reused cached"} pose-graph engine: {pose_path}')
+    except (TensorRTUnavailableError, ValueError, FileNotFoundError) as error:
         print(f'ppe build-engine: error: {error}')
         return 1
-    print(f'{"built" if built else "reused cached"} engine: {path}')
     return 0

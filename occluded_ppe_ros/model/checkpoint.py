@@ -58,6 +58,14 @@ def save_checkpoint(path: str | Path, model: PPENet, *, train_config: dict | Non
         'metrics': dict(metrics or {}),
         **extra,
     }
+    return atomic_torch_save(payload, path)
+
+
+def atomic_torch_save(payload: dict, path: str | Path) -> Path:
+    """torch.save into a temporary file in the target's folder, then os.replace: a reader (or a resume
+    after `kill -9`) sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
     os.close(handle)
     try:

@@ -80,6 +80,8 @@ def _open_backend(name: str, model_path: Path, device: str, domain: str | None,
             name = 'onnxruntime'
         else:
             name = 'torch'
+    if _is_pipeline(model_path):
+        return _pipeline_backend(name, model_path, device, domain, input_size, max_detections)
     if name == 'torch':
         if model_path.suffix != '.pt':
             raise ValueError(f'the torch backend needs a .pt checkpoint, got {model_path}')
@@ -95,3 +97,47 @@ def _open_backend(name: str, model_path: Path, device: str, domain: str | None,
     from occluded_ppe_ros.inference.backends.tensorrt_backend import TensorRTBackend, engine_for_onnx
 
     return TensorRTBackend(engine_for_onnx(onnx_path), onnx_path)
+
+
+def _is_pipeline(model_path: Path) -> bool:
+    """True for a pretrained-pipeline checkpoint or its detector-graph export (model/pipeline.py)."""
+    if model_path.suffix == '.onnx':
+        from occluded_ppe_ros.inference.backends.pipeline_backend import is_pipeline_onnx
+
+        try:
+            return is_pipeline_onnx(model_path)
+        except ValueError:
+            return False   # not ours at all: the one-graph path reports it
+    from occluded_ppe_ros.model.pipeline_checkpoint import checkpoint_is_pipeline
+
+    try:
+        return checkpoint_is_pipeline(model_path)
+    except ValueError:
+        return False
+
+
+def _pipeline_backend(name: str, model_path: Path, device: str, domain: str | None,
+                      input_size: tuple[int, int] | None, max_detections: int | None) -> Backend:
+    """The two-graph backend; the pipeline's input size and K are fixed by its config / export."""
+    fixed = {'domain': domain, 'input_size': input_size, 'max_detections': max_detections}
+    overridden = [key for key, value in fixed.items() if value is not None]
+    if overridden and not (domain in (None, 'coco') and overridden == ['domain']):
+        raise ValueError(f'{model_path} is a pretrained-pipeline model: its {overridden} are fixed by the '
+                         f'model (re-export with another config to change them)')
+    from occluded_ppe_ros.inference.backends import pipeline_backend
+
+    if name == 'torch':
+        if model_path.suffix != '.pt':
+            raise ValueError(f'the torch backend needs a .pt checkpoint, got {model_path}')
+        from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint
+
+        net, _ = pipeline_from_checkpoint(model_path)
+        return pipeline_backend.pipeline_torch_backend(net, device=device)
+    onnx_path = model_path
+    if model_path.suffix != '.onnx':
+        from occluded_ppe_ros.inference.pipeline_export import cached_pipeline_onnx
+
+        onnx_path = cached_pipeline_onnx(model_path)
+    if name == 'onnxruntime':
+        return pipeline_backend.pipeline_onnxruntime_backend(onnx_path, device=device)
+    return pipeline_backend.pipeline_tensorrt_backend(onnx_path)

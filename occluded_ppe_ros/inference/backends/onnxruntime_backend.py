@@ -38,6 +38,9 @@ class DeployMetadata:
         normalisation: how the graph normalises its [0, 1] input inside, e.g. {'mean': [...], 'std': [...]}.
         output_names: the graph's output names (= OUTPUT_NAMES).
         source: the checkpoint (or config) the graph came from, and its sha256 where known.
+        pipeline: for the two graphs of the pretrained pipeline (model/pipeline.py): {'graph': 'detector'
+            or 'pose', 'pose_graph': file name of the pose graph beside the detector graph}; {} for a
+            one-graph export.
     """
 
     domain: str
@@ -48,6 +51,7 @@ class DeployMetadata:
     normalisation: dict = field(default_factory=dict)
     output_names: tuple[str, ...] = OUTPUT_NAMES
     source: dict = field(default_factory=dict)
+    pipeline: dict = field(default_factory=dict)
 
     def to_metadata_props(self) -> dict[str, str]:
         """String key -> string value pairs for onnx `metadata_props` (JSON where not a plain string)."""
@@ -61,6 +65,7 @@ class DeployMetadata:
             'normalisation': json.dumps(self.normalisation, sort_keys=True),
             'output_names': json.dumps(list(self.output_names)),
             'source': json.dumps(self.source, sort_keys=True),
+            **({'pipeline': json.dumps(self.pipeline, sort_keys=True)} if self.pipeline else {}),
         }
 
     @classmethod
@@ -78,7 +83,8 @@ class DeployMetadata:
                        model_config=json.loads(props['model_config']),
                        normalisation=json.loads(props.get('normalisation', '{}')),
                        output_names=tuple(json.loads(props.get('output_names', json.dumps(OUTPUT_NAMES)))),
-                       source=json.loads(props.get('source', '{}')))
+                       source=json.loads(props.get('source', '{}')),
+                       pipeline=json.loads(props.get('pipeline', '{}')))
         except (KeyError, ValueError) as error:
             raise ValueError(f'{where}: broken occluded_ppe deploy metadata ({error!r})') from None
 

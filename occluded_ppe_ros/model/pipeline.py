@@ -1,0 +1,526 @@
+"""The shipped network: pretrained detectors and MoveNet imported whole, in the paper's two-stage structure.
+
+    images [B, 3, H, W] RGB in [0, 1] (network input, the Predictor's letterbox)
+      -> DetectorStage: each imported detector (NanoDet-g 416, YOLOX-Nano 416) on its own 416 x 416
+         letterbox of the input, per-detector NMS, then weighted box fusion across detectors
+         -> boxes [B, K, 4], scores [B, K], valid [B, K]                 (graph 1: `detector`)
+      -> each kept box's square region (ROI) cut from the input image by RoIAlign at MoveNet's size
+      -> PoseStage: MoveNet SinglePose (Thunder or Lightning, imported whole: body, pyramid, four heads,
+         its own decoding) is the pose encoder/decoder; on its stride-4 map three trained heads:
+           MaskHead        the person's visible-instance mask over the crop  (paper: D_S)
+           OcclusionHead   per joint, the probability that it is hidden       (paper: L_pe's flag)
+           DomainClassifier on the mask-gated instance features, through gradient reversal
+                           (paper: D_C; used while fine-tuning only, not exported)
+         -> keypoints [N, 13, 3], keypoint_occluded [N, 13], masks [N, M, M] (graph 2: `pose`)
+
+Why this shape and not the paper's feature-space ROI pooling: on 2 CPU cores and ~90 real photos, heads
+trained from scratch stayed ~60x behind public models (docs/training.md); every part a pretrained model
+already does well is imported with its weights, training is kept for what none gives (visible masks,
+occlusion flags, domain adaptation, mask-and-predict fine-tuning). The paper's PPENet stays available
+(`model/network.py`, `config/train_stage*.yaml`) for training on GPUs with full COCO + CityPersons.
+
+Cost follows the people in view: the pose graph runs on N crops, N = the boxes above the score
+threshold, not on a fixed K (the detector graph's K rows are only padded box lists).
+
+Frames: boxes and joints in network-input pixels (the Predictor's letterbox), continuous convention
+(pixel (r, c) covers [c, c + 1) x [r, r + 1)). Crop frame: the square ROI resampled to S x S (S = 256
+Thunder, 192 Lightning); crop coordinate u <-> input x1 + u * side / S.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.ops import nms, roi_align
+
+from occluded_ppe_ros.model.movenet import (MOVENET_SINGLE_POSE_VARIANTS, MoveNetSinglePose,
+                                            MoveNetSinglePoseConfig)
+from occluded_ppe_ros.model.ops import grad_reverse
+from occluded_ppe_ros.skeleton import COCO17_INDEX, NUM_KEYPOINTS
+
+ARCHITECTURE = 'pretrained_pipeline'
+DETECTOR_NAMES = ('nanodet', 'yolox')
+DETECTOR_INPUT_SIZE = 416   # both imported detectors were trained and exported at 416 x 416
+
+
+@dataclass
+class PipelineConfig:
+    """Every setting of the pipeline network (stored in checkpoints as `model_config`).
+
+    Attributes:
+        architecture: always 'pretrained_pipeline' (tells checkpoint readers which network to build).
+        detectors: imported detectors to run and fuse, from DETECTOR_NAMES.
+        pose_variant: 'thunder' (default) or 'lightning' (the fast preset).
+        input_height: network input height in pixels (the Predictor letterboxes every image into it).
+        input_width: network input width in pixels.
+        class_names: ('person',): the detectors' COCO person class.
+        candidates_per_detector: top-scoring anchor points each detector keeps before its NMS.
+        detector_nms_iou: per-detector NMS IoU.
+        fusion_iou: boxes of different detectors overlapping more than this are one person (weighted
+            box fusion); also the IoU of the NMS over the fused list.
+        single_detector_factor: score multiplier for a box only one of several detectors found (0.7 was
+            chosen on the training split: agreement is evidence).
+        max_detections: K rows of the detector graph's output.
+        min_score: candidates below this score are dropped before NMS.
+        crop_margin: square ROI side / the box's longer side.
+        crop_sampling_ratio: RoIAlign samples per crop pixel and axis (1 = one bilinear sample, as the
+            MoveNet peers' warpAffine crops).
+        mask_resolution: M, the side of the box-relative mask output.
+        mask_hidden: channels of the mask head.
+        occlusion_hidden: hidden units of the occlusion head.
+        domain_hidden: hidden units of the domain classifier.
+    """
+
+    architecture: str = ARCHITECTURE
+    detectors: tuple[str, ...] = ('nanodet', 'yolox')
+    pose_variant: str = 'thunder'
+    input_height: int = 640
+    input_width: int = 640
+    class_names: tuple[str, ...] = ('person',)
+    candidates_per_detector: int = 100
+    detector_nms_iou: float = 0.6
+    fusion_iou: float = 0.55
+    single_detector_factor: float = 0.7
+    max_detections: int = 20
+    min_score: float = 0.05
+    crop_margin: float = 1.25
+    crop_sampling_ratio: int = 1
+    mask_resolution: int = 28
+    mask_hidden: int = 32
+    occlusion_hidden: int = 32
+    domain_hidden: int = 64
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.detectors = tuple(self.detectors)
+        self.class_names = tuple(self.class_names)
+        if self.architecture != ARCHITECTURE:
+            raise ValueError(f'architecture must be {ARCHITECTURE!r}, got {self.architecture!r}')
+        if not self.detectors or any(name not in DETECTOR_NAMES for name in self.detectors):
+            raise ValueError(f'detectors must be a non-empty subset of {DETECTOR_NAMES}, '
+                             f'got {self.detectors}')
+        if self.pose_variant not in MOVENET_SINGLE_POSE_VARIANTS:
+            raise ValueError(f'pose_variant must be one of {tuple(MOVENET_SINGLE_POSE_VARIANTS)}, '
+                             f'got {self.pose_variant!r}')
+        for name in ('input_height', 'input_width'):
+            value = getattr(self, name)
+            if value <= 0 or value % 32:
+                raise ValueError(f'{name} must be a positive multiple of 32, got {value}')
+        for name in ('detector_nms_iou', 'fusion_iou', 'single_detector_factor', 'min_score'):
+            value = getattr(self, name)
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f'{name} must be in [0, 1], got {value}')
+        if self.max_detections < 1 or self.candidates_per_detector < self.max_detections:
+            raise ValueError(f'need 1 <= max_detections ({self.max_detections}) <= candidates_per_detector '
+                             f'({self.candidates_per_detector})')
+        if self.crop_margin < 1.0:
+            raise ValueError(f'crop_margin must be >= 1 (the crop must hold the box), got {self.crop_margin}')
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(H, W) network input."""
+        return self.input_height, self.input_width
+
+    @property
+    def pose_config(self) -> MoveNetSinglePoseConfig:
+        """The MoveNet variant's config."""
+        return MOVENET_SINGLE_POSE_VARIANTS[self.pose_variant]
+
+    def to_dict(self) -> dict:
+        """Plain dict for checkpoints (tuples as lists)."""
+        values = asdict(self)
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in values.items()}
+
+    @classmethod
+    def from_dict(cls, values: dict, source: str = 'model_config') -> PipelineConfig:
+        """Inverse of to_dict; unknown keys raise ValueError naming them and `source`."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f'{source}: unknown pipeline settings {unknown}; known: {sorted(known)}')
+        return cls(**values)
+
+
+def is_pipeline_config(model_config: dict) -> bool:
+    """True for a checkpoint `model_config` of this network (PPENet configs have no 'architecture')."""
+    return isinstance(model_config, dict) and model_config.get('architecture') == ARCHITECTURE
+
+
+# ----------------------------------------------------------------------------------------------------
+# Detection: imported detectors + fusion
+# ----------------------------------------------------------------------------------------------------
+
+def _build_detector(name: str) -> tuple[nn.Module, tuple[float, float, float]]:
+    """An imported detector module (weights loaded later) and its letterbox pad colour, RGB in [0, 1]."""
+    if name == 'nanodet':
+        from occluded_ppe_ros.model.nanodet import NANODET_PAD_VALUE_RGB, NanoDet
+
+        return NanoDet(), tuple(float(v) for v in NANODET_PAD_VALUE_RGB)
+    from occluded_ppe_ros.model.yolox import YOLOX_PAD_VALUE, YOLOXNano
+
+    return YOLOXNano(), (float(YOLOX_PAD_VALUE),) * 3
+
+
+def box_iou_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair: first [..., P, 4], second [..., Q, 4] (x1, y1, x2, y2) -> [..., P, Q]."""
+    area1 = ((first[..., 2] - first[..., 0]).clamp(min=0) * (first[..., 3] - first[..., 1]).clamp(min=0))
+    area2 = ((second[..., 2] - second[..., 0]).clamp(min=0) * (second[..., 3] - second[..., 1]).clamp(min=0))
+    top_left = torch.maximum(first[..., :, None, :2], second[..., None, :, :2])
+    bottom_right = torch.minimum(first[..., :, None, 2:], second[..., None, :, 2:])
+    wh = (bottom_right - top_left).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area1[..., :, None] + area2[..., None, :] - inter).clamp(min=1e-9)
+
+
+def batched_top_k_nms(boxes: torch.Tensor, scores: torch.Tensor, candidates: int, keep: int, iou: float,
+                      min_score: float, extent: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per image: top `candidates` by score, NMS, top `keep` rows (export-friendly: fixed shapes).
+
+    Args:
+        boxes: float [B, A, 4] x1, y1, x2, y2 pixels. scores: float [B, A].
+        candidates: rows kept before NMS (<= A). keep: K rows returned.
+        iou: NMS IoU threshold. min_score: rows below it are invalid.
+        extent: larger than any coordinate: images are moved apart by it so one NMS call serves the
+            batch (what torchvision's batched_nms does inside, without its scripted `If`, which TensorRT
+            handles poorly).
+
+    Returns:
+        boxes float [B, K, 4], scores float [B, K] (0 on invalid rows), valid bool [B, K], best first.
+    """
+    candidates = min(candidates, scores.shape[1])
+    top_scores, index = scores.topk(candidates, dim=1)
+    top_boxes = boxes.gather(1, index[..., None].expand(-1, -1, 4))
+    batch = torch.arange(boxes.shape[0], device=boxes.device)[:, None].expand_as(top_scores)
+    shifted = top_boxes + (batch.to(boxes.dtype) * extent)[..., None]
+    kept_index = nms(shifted.reshape(-1, 4), top_scores.reshape(-1), iou)
+    kept = torch.zeros_like(top_scores.reshape(-1), dtype=torch.bool)
+    kept[kept_index] = True
+    kept = kept.reshape(top_scores.shape) & (top_scores >= min_score)
+    ranked = torch.where(kept, top_scores, torch.full_like(top_scores, -1.0))
+    order = ranked.topk(min(keep, candidates), dim=1).indices
+    valid = kept.gather(1, order)
+    out_scores = torch.where(valid, top_scores.gather(1, order), torch.zeros_like(ranked[:, :1]))
+    out_boxes = top_boxes.gather(1, order[..., None].expand(-1, -1, 4))
+    if out_boxes.shape[1] < keep:          # fewer candidates than K (tiny inputs): pad invalid rows
+        pad = keep - out_boxes.shape[1]
+        out_boxes = F.pad(out_boxes, (0, 0, 0, pad))
+        out_scores = F.pad(out_scores, (0, pad))
+        valid = F.pad(valid, (0, pad))
+    return out_boxes, out_scores, valid
+
+
+def fuse_detections(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, source: torch.Tensor,
+                    num_sources: int, fusion_iou: float, single_source_factor: float, keep: int, extent: float
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Weighted box fusion of several detectors' lists (Solovyev et al. 2021, simplified).
+
+    The best box of every group of boxes overlapping more than `fusion_iou` leads its group (NMS over
+    the union); the group's box is the score-weighted mean of its members; its score is the best
+    member's, times `single_source_factor` when only one detector found the person.
+
+    Args:
+        boxes: float [B, P, 4] the detectors' NMS-ed boxes, concatenated. scores: float [B, P].
+        valid: bool [B, P]. source: int64 [P] which detector each column came from.
+        num_sources: number of detectors; with one, this is the identity on the valid rows.
+        fusion_iou, single_source_factor, keep, extent: see above and `batched_top_k_nms`.
+
+    Returns:
+        boxes float [B, K, 4], scores float [B, K], valid bool [B, K].
+    """
+    masked_scores = torch.where(valid, scores, torch.zeros_like(scores))
+    lead_boxes, lead_scores, lead_valid = batched_top_k_nms(boxes, masked_scores, boxes.shape[1], keep,
+                                                            fusion_iou, 1e-6, extent)
+    if num_sources == 1:
+        return lead_boxes, lead_scores, lead_valid
+    overlap = box_iou_matrix(lead_boxes, boxes)                                 # [B, K, P]
+    member = (overlap > fusion_iou) & valid[:, None, :] & lead_valid[..., None]
+    weights = torch.where(member, masked_scores[:, None, :], torch.zeros_like(overlap))
+    fused = (weights[..., None] * boxes[:, None]).sum(2) / weights.sum(2).clamp(min=1e-9)[..., None]
+    fused = torch.where(lead_valid[..., None], fused, lead_boxes)
+    one_hot = F.one_hot(source, num_sources).to(boxes.dtype)                     # [P, D]
+    sources_present = ((member.to(boxes.dtype) @ one_hot) > 0).sum(-1)          # [B, K]
+    factor = torch.where(sources_present >= 2, torch.ones_like(lead_scores),
+                         torch.full_like(lead_scores, single_source_factor))
+    return fused, lead_scores * factor, lead_valid
+
+
+class DetectorStage(nn.Module):
+    """Imported detectors on a 416 letterbox of the network input, fused: graph 1 of the pipeline."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.detectors = nn.ModuleDict()
+        self.pad_colours: dict[str, tuple[float, float, float]] = {}
+        for name in cfg.detectors:
+            module, pad = _build_detector(name)
+            self.detectors[name] = module
+            self.pad_colours[name] = pad
+        height, width = cfg.input_size
+        self.scale = DETECTOR_INPUT_SIZE / max(height, width)
+        self.resized = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
+
+    def letterbox(self, images: torch.Tensor, pad: tuple[float, float, float]) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, 3, 416, 416]: resized (bilinear, half-pixel centres as cv2's INTER_LINEAR)
+        to fit, at the top-left, the rest `pad` (RGB in [0, 1])."""
+        resized = F.interpolate(images, size=self.resized, mode='bilinear', align_corners=False)
+        pad_h = DETECTOR_INPUT_SIZE - self.resized[0]
+        pad_w = DETECTOR_INPUT_SIZE - self.resized[1]
+        canvas = F.pad(resized, (0, pad_w, 0, pad_h), value=0.0)
+        if pad_h or pad_w:
+            colour = torch.tensor(pad, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
+            inside = torch.zeros(1, 1, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE, dtype=images.dtype,
+                                 device=images.device)
+            inside[..., :self.resized[0], :self.resized[1]] = 1.0
+            canvas = canvas + (1.0 - inside) * colour
+        return canvas
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: images float [B, 3, H, W] RGB in [0, 1] at cfg.input_size.
+
+        Returns:
+            boxes float [B, K, 4] x1, y1, x2, y2 network-input pixels; scores float [B, K] (0 on padded
+            rows); labels int64 [B, K] (0 = person); valid bool [B, K]; best first.
+        """
+        cfg = self.cfg
+        height, width = images.shape[-2:]
+        extent = float(DETECTOR_INPUT_SIZE * 4)
+        lists, sources = [], []
+        for index, (name, detector) in enumerate(self.detectors.items()):
+            boxes, scores = detector(self.letterbox(images, self.pad_colours[name]))
+            kept = batched_top_k_nms(boxes, scores, cfg.candidates_per_detector, cfg.max_detections,
+                                     cfg.detector_nms_iou, cfg.min_score, extent)
+            lists.append(kept)
+            sources.append(torch.full((cfg.max_detections,), index, dtype=torch.int64, device=images.device))
+        boxes = torch.cat([item[0] for item in lists], 1)
+        scores = torch.cat([item[1] for item in lists], 1)
+        valid = torch.cat([item[2] for item in lists], 1)
+        boxes, scores, valid = fuse_detections(boxes, scores, valid, torch.cat(sources), len(lists),
+                                               cfg.fusion_iou, cfg.single_detector_factor, cfg.max_detections,
+                                               extent)
+        limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
+        boxes = torch.minimum((boxes / self.scale).clamp(min=0), limits)
+        labels = torch.zeros_like(scores, dtype=torch.int64)
+        return boxes, scores, labels, valid
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pose: ROI crops -> MoveNet -> trained heads
+# ----------------------------------------------------------------------------------------------------
+
+def square_rois(rois: torch.Tensor, margin: float) -> torch.Tensor:
+    """rois [N, 5] (batch index, x1, y1, x2, y2) -> the squares around them, side = margin x longer side."""
+    cx = (rois[:, 1] + rois[:, 3]) * 0.5
+    cy = (rois[:, 2] + rois[:, 4]) * 0.5
+    side = torch.maximum(rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]).clamp(min=1.0) * margin
+    half = side * 0.5
+    return torch.stack([rois[:, 0], cx - half, cy - half, cx + half, cy + half], dim=1)
+
+
+class MaskHead(nn.Module):
+    """Visible-instance mask of the crop's person from MoveNet's stride-4 maps (paper: D_S).
+
+    Input: features [N, 24, h, w], keypoint heatmaps [N, 17, h, w] and centre map [N, 1, h, w] (the
+    person MoveNet chose is the one to segment). Output: mask logits [N, 1, h, w] over the crop.
+    """
+
+    def __init__(self, in_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=2, dilation=2), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, hidden, 3, padding=4, dilation=4), nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, 1, 1))
+
+    def forward(self, maps: torch.Tensor) -> torch.Tensor:
+        """maps [N, C, h, w] -> logits [N, 1, h, w]."""
+        return self.layers(maps)
+
+
+class OcclusionHead(nn.Module):
+    """Per joint, the logit that it is hidden (COCO v=1 / synthetic truth) from what is seen at it.
+
+    Per joint j of person n: the pyramid features at the joint [24], its heatmap score, the visible-mask
+    probability at the joint, the heatmap's peak value, and a learned joint embedding; one small MLP
+    shared by all joints.
+    """
+
+    def __init__(self, feature_channels: int, hidden: int, embedding: int = 8) -> None:
+        super().__init__()
+        self.joint_embedding = nn.Parameter(torch.zeros(NUM_KEYPOINTS, embedding))
+        self.mlp = nn.Sequential(nn.Linear(feature_channels + 3 + embedding, hidden), nn.ReLU(inplace=True),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, joint_features: torch.Tensor, joint_scores: torch.Tensor, mask_at_joint: torch.Tensor,
+                peak_values: torch.Tensor) -> torch.Tensor:
+        """joint_features [N, 13, C]; joint_scores, mask_at_joint, peak_values [N, 13] -> logits [N, 13]."""
+        count = joint_features.shape[0]
+        embedding = self.joint_embedding[None].expand(count, -1, -1)
+        inputs = torch.cat([joint_features, joint_scores[..., None], mask_at_joint[..., None],
+                            peak_values[..., None], embedding], dim=-1)
+        return self.mlp(inputs).squeeze(-1)
+
+
+class DomainClassifier(nn.Module):
+    """Source (COCO) vs target (street) from mask-gated instance features, behind gradient reversal (D_C)."""
+
+    def __init__(self, in_features: int, hidden: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, 1))
+
+    def forward(self, features: torch.Tensor, mask_probs: torch.Tensor,
+                reversal_scale: float) -> torch.Tensor:
+        """features [N, C, h, w], mask_probs [N, 1, h, w] -> domain logits [N] (1 = target domain)."""
+        gated = features * mask_probs
+        pooled = gated.sum((2, 3)) / mask_probs.sum((2, 3)).clamp(min=1.0)
+        return self.mlp(grad_reverse(pooled, reversal_scale)).squeeze(-1)
+
+
+def sample_at_points(maps: torch.Tensor, points_cells: torch.Tensor) -> torch.Tensor:
+    """Bilinear samples of maps [N, C, h, w] at points_cells [N, J, 2] (x, y in MoveNet cell units: cell
+    (r, c) is at (c, r)) -> [N, J, C]."""
+    height, width = maps.shape[-2:]
+    grid_x = (points_cells[..., 0] + 0.5) / width * 2.0 - 1.0
+    grid_y = (points_cells[..., 1] + 0.5) / height * 2.0 - 1.0
+    grid = torch.stack([grid_x, grid_y], dim=-1)[:, :, None, :]                # [N, J, 1, 2]
+    sampled = F.grid_sample(maps, grid, mode='bilinear', padding_mode='border', align_corners=False)
+    return sampled[..., 0].permute(0, 2, 1)
+
+
+class PoseStage(nn.Module):
+    """ROI crops -> MoveNet SinglePose (imported) -> joints, occlusion flags, visible masks: graph 2."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        pose_cfg = cfg.pose_config
+        self.movenet = MoveNetSinglePose(pose_cfg)
+        channels = self.movenet.feature_channels
+        self.mask_head = MaskHead(channels + 17 + 1, cfg.mask_hidden)
+        self.occlusion_head = OcclusionHead(channels, cfg.occlusion_hidden)
+        self.domain_classifier = DomainClassifier(channels, cfg.domain_hidden)
+        self.register_buffer('joint_index', torch.tensor(COCO17_INDEX, dtype=torch.int64), persistent=False)
+
+    def crops(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The square ROIs resampled to S x S: (crops float [N, 3, S, S] in [0, 1], squares [N, 5])."""
+        size = self.cfg.pose_config.input_size
+        squares = square_rois(rois, self.cfg.crop_margin)
+        crops = roi_align(images, squares, (size, size), spatial_scale=1.0,
+                          sampling_ratio=self.cfg.crop_sampling_ratio, aligned=True)
+        return crops, squares
+
+    def heads(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        """MoveNet's maps plus the trained heads' on crops [N, 3, S, S].
+
+        Returns:
+            MoveNet's `forward_features` dict plus 'mask_logits' [N, 1, h, w] and 'keypoints17' [N, 17, 3]
+            (y, x normalised over the crop, score), 'joints_cells' [N, 13, 2] (x, y cells),
+            'occlusion_logits' [N, 13].
+        """
+        maps = self.movenet.forward_features(crops)
+        keypoints17 = self.movenet.decode(maps)
+        maps['keypoints17'] = keypoints17
+        head_input = torch.cat([maps['features'], maps['heatmap'], maps['center']], 1)
+        maps['mask_logits'] = self.mask_head(head_input)
+        heat_size = maps['heatmap'].shape[-1]
+        joints = keypoints17.index_select(1, self.joint_index)                     # [N, 13, 3]
+        joints_cells = torch.stack([joints[..., 1], joints[..., 0]], dim=-1) * heat_size
+        maps['joints_cells'] = joints_cells
+        joint_features = sample_at_points(maps['features'], joints_cells)           # [N, 13, 24]
+        mask_at_joint = sample_at_points(torch.sigmoid(maps['mask_logits']), joints_cells)[..., 0]
+        peaks = maps['heatmap'].flatten(2).amax(-1).index_select(1, self.joint_index)
+        maps['occlusion_logits'] = self.occlusion_head(joint_features, joints[..., 2], mask_at_joint, peaks)
+        return maps
+
+    def forward(self, images: torch.Tensor, rois: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args:
+            images: float [B, 3, H, W] RGB in [0, 1] (network input).
+            rois: float [N, 5] (batch index, x1, y1, x2, y2 network-input pixels), N >= 1.
+
+        Returns:
+            keypoints float [N, 13, 3] (x, y network-input pixels, score in [0, 1]);
+            keypoint_occluded float [N, 13] (probability the joint is hidden);
+            masks float [N, M, M] (visible-mask probability over each box, M = cfg.mask_resolution).
+        """
+        crops, squares = self.crops(images, rois)
+        maps = self.heads(crops)
+        side = (squares[:, 3] - squares[:, 1])[:, None]
+        joints = maps['keypoints17'].index_select(1, self.joint_index)
+        x = squares[:, 1:2] + joints[..., 1] * side
+        y = squares[:, 2:3] + joints[..., 0] * side
+        keypoints = torch.stack([x, y, joints[..., 2]], dim=-1)
+        # the box in mask-map cells (one cell = side / h input pixels; cell c covers [c, c + 1))
+        heat_size = maps['mask_logits'].shape[-1]
+        cells_per_pixel = heat_size / side
+        box_cells = torch.cat([
+            torch.arange(rois.shape[0], device=rois.device, dtype=rois.dtype)[:, None],
+            (rois[:, 1:2] - squares[:, 1:2]) * cells_per_pixel,
+            (rois[:, 2:3] - squares[:, 2:3]) * cells_per_pixel,
+            (rois[:, 3:4] - squares[:, 1:2]) * cells_per_pixel,
+            (rois[:, 4:5] - squares[:, 2:3]) * cells_per_pixel,
+        ], dim=1)
+        resolution = self.cfg.mask_resolution
+        masks = roi_align(torch.sigmoid(maps['mask_logits']), box_cells, (resolution, resolution),
+                          spatial_scale=1.0, sampling_ratio=2, aligned=True)[:, 0]
+        return keypoints, torch.sigmoid(maps['occlusion_logits']), masks
+
+
+class PipelineNet(nn.Module):
+    """The whole network: `detector` (graph 1) and `pose` (graph 2); see the module docstring."""
+
+    def __init__(self, cfg: PipelineConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.detector = DetectorStage(cfg)
+        self.pose = PoseStage(cfg)
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor, min_score: float = 0.0) -> dict[str, torch.Tensor]:
+        """Both graphs on a batch, padded to K rows (rows below min_score get no pose pass, valid False).
+
+        Returns a dict keyed as contract 4's OUTPUT_NAMES, shapes [B, K, ...].
+        """
+        boxes, scores, labels, valid = self.detector(images)
+        valid = valid & (scores >= min_score)
+        batch, rows = scores.shape
+        resolution = self.cfg.mask_resolution
+        keypoints = boxes.new_zeros(batch, rows, NUM_KEYPOINTS, 3)
+        occluded = boxes.new_zeros(batch, rows, NUM_KEYPOINTS)
+        masks = boxes.new_zeros(batch, rows, resolution, resolution)
+        chosen = valid.nonzero()
+        if chosen.shape[0]:
+            rois = torch.cat([chosen[:, :1].to(boxes.dtype), boxes[chosen[:, 0], chosen[:, 1]]], 1)
+            out_keypoints, out_occluded, out_masks = self.pose(images, rois)
+            keypoints[chosen[:, 0], chosen[:, 1]] = out_keypoints
+            occluded[chosen[:, 0], chosen[:, 1]] = out_occluded
+            masks[chosen[:, 0], chosen[:, 1]] = out_masks
+        return {'boxes': boxes, 'scores': scores, 'labels': labels, 'valid': valid, 'masks': masks,
+                'keypoints': keypoints, 'keypoint_occluded': occluded}
+
+
+def build_pipeline(cfg: PipelineConfig) -> PipelineNet:
+    """A PipelineNet with untrained heads and unloaded imports (use `import_pretrained_parts` next)."""
+    return PipelineNet(cfg)
+
+
+def import_pretrained_parts(net: PipelineNet, detector_paths: dict[str, str] | None = None,
+                            pose_path: str | None = None) -> None:
+    """Load the imported weights: each detector's and MoveNet's (shipped files unless paths are given)."""
+    from occluded_ppe_ros.model.movenet import load_movenet_single_pose
+
+    for name, module in net.detector.detectors.items():
+        path = (detector_paths or {}).get(name)
+        if name == 'nanodet':
+            from occluded_ppe_ros.model.nanodet import load_nanodet
+
+            loaded = load_nanodet(path) if path else load_nanodet()
+        else:
+            from occluded_ppe_ros.model.yolox import load_yolox_nano
+
+            loaded = load_yolox_nano(path) if path else load_yolox_nano()
+        module.load_state_dict(loaded.state_dict())
+    movenet = load_movenet_single_pose(pose_path or net.cfg.pose_variant)
+    net.pose.movenet.load_state_dict(movenet.state_dict())

@@ -1,0 +1,269 @@
+"""Train what no imported model gives: the pipeline's visible-mask head and per-joint occlusion head.
+
+The pose stage's MoveNet (imported whole, frozen) runs once over square person crops of real COCO photos
+(ground-truth boxes, jittered as a detector's would be, and mirrored); its stride-4 maps are kept in
+memory, and the two small heads are trained on them:
+    mask head        BCE against the person's own COCO segmentation (a visible-instance mask: other
+                     people in the crop are background), resampled into the crop's h x h map
+    occlusion head   BCE on every labelled joint: COCO v=1 (labelled, not visible) = hidden, v=2 = seen,
+                     read at the joint MoveNet predicts (where it is read at inference); classes weighted
+                     to balance, so that the node's occlusion_threshold 0.5 is the balanced operating point
+Every epoch writes `last.pt` (heads, optimizer, epoch, RNG) atomically; `--resume` continues from it.
+The result is a pipeline checkpoint (contract 3, architecture 'pretrained_pipeline') with the imported
+detectors and MoveNet and the trained heads: `--out`.
+
+    python -m occluded_ppe_training.pipeline_heads --data ../shared/data/coco_train2017_person_kp \
+        --split train --work runs/pipeline_heads --out models/ppe_default.pt [--pose-variant thunder]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.ops import roi_align
+
+from occluded_ppe_ros.model.pipeline import PipelineConfig, PoseStage
+from occluded_ppe_ros.skeleton import FLIP_PERMUTATION
+from occluded_ppe_training.datasets.coco import CocoPersonKeypoints
+from occluded_ppe_training.datasets.splits import in_split
+
+MIN_BOX_SIDE = 24.0       # pixels: smaller people carry too few crop pixels to learn a mask from
+HEAD_CHECKPOINT_FORMAT = 'occluded_ppe/pipeline_heads/1'
+
+
+@dataclass
+class CropSet:
+    """MoveNet's frozen maps over person crops, with the training targets (N crops, h = S / 4).
+
+    Attributes:
+        maps: float [N, 42, h, h] features (24), heatmaps (17), centre (1).
+        keypoints17: float [N, 17, 3] MoveNet's decoded joints (y, x normalised over the crop, score).
+        mask_targets: float [N, h, h] the person's visible mask over the crop, in {0, 1}.
+        joint_visibility: int64 [N, 13] COCO v of our 13 joints (0 unlabelled, 1 hidden, 2 seen).
+        image_ids: int64 [N] where each crop came from.
+    """
+
+    maps: torch.Tensor
+    keypoints17: torch.Tensor
+    mask_targets: torch.Tensor
+    joint_visibility: torch.Tensor
+    image_ids: torch.Tensor
+
+
+def jittered_boxes(box: np.ndarray, count: int, rng: np.random.Generator, scale: float = 0.15,
+                   shift: float = 0.08) -> np.ndarray:
+    """`count` boxes around `box` (x1, y1, x2, y2): the first unchanged, the rest scaled by up to
+    +-`scale` and moved by up to `shift` x the box size (a detector's error on a person)."""
+    x1, y1, x2, y2 = box
+    width, height = x2 - x1, y2 - y1
+    out = [box]
+    for _ in range(count - 1):
+        sx, sy = 1 + rng.uniform(-scale, scale, 2)
+        dx, dy = rng.uniform(-shift, shift, 2) * (width, height)
+        cx, cy = (x1 + x2) / 2 + dx, (y1 + y2) / 2 + dy
+        out.append([cx - width * sx / 2, cy - height * sy / 2, cx + width * sx / 2, cy + height * sy / 2])
+    return np.asarray(out, np.float32)
+
+
+@torch.no_grad()
+def build_crop_set(stage: PoseStage, dataset: CocoPersonKeypoints, image_ids: set[int], jitters: int,
+                   seed: int, batch_size: int = 16, log=print) -> CropSet:
+    """Crops of every non-crowd person (box sides >= MIN_BOX_SIDE) of the chosen images, mirrored too."""
+    rng = np.random.default_rng(seed)
+    heat_size = stage.cfg.pose_config.heatmap_size
+    pending: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, int]] = []
+    for index, info in enumerate(dataset.images):
+        if info['id'] not in image_ids:
+            continue
+        image, target = dataset.load(index)
+        tensor = torch.from_numpy(image).permute(2, 0, 1).float().div(255.0)[None]
+        for person in range(target['boxes'].shape[0]):
+            box = target['boxes'][person].numpy()
+            if min(box[2] - box[0], box[3] - box[1]) < MIN_BOX_SIDE or not bool(target['has_mask'][person]):
+                continue
+            mask = target['masks'][person].float()[None, None]
+            visibility = target['keypoints'][person, :, 2].long()
+            keypoints = target['keypoints'][person]
+            for jittered in jittered_boxes(box, jitters, rng):
+                rois = torch.cat([torch.zeros(1, 1), torch.from_numpy(jittered)[None]], 1)
+                crop, square = stage.crops(tensor, rois)
+                mask_rois = square.clone()
+                mask_target = roi_align(mask, mask_rois, (heat_size, heat_size), 1.0, 2, True)[0, 0]
+                pending.append((crop[0], (mask_target > 0.5).float(), visibility, keypoints, info['id']))
+    log(f'[pipeline_heads] {len(pending)} crops from {len(image_ids)} images; running frozen MoveNet')
+    maps, keypoints17, masks, visibility, ids = [], [], [], [], []
+    for start in range(0, len(pending), batch_size):
+        chunk = pending[start:start + batch_size]
+        crops = torch.stack([item[0] for item in chunk])
+        for mirrored in (False, True):
+            batch = crops.flip(-1) if mirrored else crops
+            heads = stage.movenet.forward_features(batch)
+            maps.append(torch.cat([heads['features'], heads['heatmap'], heads['center']], 1))
+            keypoints17.append(stage.movenet.decode(heads))
+            mask_batch = torch.stack([item[1] for item in chunk])
+            vis_batch = torch.stack([item[2] for item in chunk])
+            if mirrored:
+                mask_batch = mask_batch.flip(-1)
+                vis_batch = vis_batch[:, list(FLIP_PERMUTATION)]
+            masks.append(mask_batch)
+            visibility.append(vis_batch)
+            ids.append(torch.tensor([item[4] for item in chunk]))
+    return CropSet(torch.cat(maps), torch.cat(keypoints17), torch.cat(masks), torch.cat(visibility),
+                   torch.cat(ids))
+
+
+def head_outputs(stage: PoseStage, maps: torch.Tensor, keypoints17: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The trained heads on stored maps: (mask logits [N, h, h], occlusion logits [N, 13]).
+
+    Mirrors `PoseStage.heads` after MoveNet (same inputs in the same order), so the stored maps train
+    exactly the modules that run at inference.
+    """
+    from occluded_ppe_ros.model.pipeline import sample_at_points
+
+    features = maps[:, :24]
+    heatmap = maps[:, 24:41]
+    mask_logits = stage.mask_head(maps)
+    heat_size = maps.shape[-1]
+    joints = keypoints17.index_select(1, stage.joint_index)
+    joints_cells = torch.stack([joints[..., 1], joints[..., 0]], dim=-1) * heat_size
+    joint_features = sample_at_points(features, joints_cells)
+    mask_at_joint = sample_at_points(torch.sigmoid(mask_logits), joints_cells)[..., 0]
+    peaks = heatmap.flatten(2).amax(-1).index_select(1, stage.joint_index)
+    occlusion_logits = stage.occlusion_head(joint_features, joints[..., 2], mask_at_joint, peaks)
+    return mask_logits[:, 0], occlusion_logits
+
+
+def head_losses(stage: PoseStage, crops: CropSet, index: torch.Tensor, occluded_weight: float
+                ) -> dict[str, torch.Tensor]:
+    """Mask BCE and class-balanced occlusion BCE over the crops `index`."""
+    mask_logits, occlusion_logits = head_outputs(stage, crops.maps[index], crops.keypoints17[index])
+    loss_mask = F.binary_cross_entropy_with_logits(mask_logits, crops.mask_targets[index])
+    visibility = crops.joint_visibility[index]
+    labelled = visibility > 0
+    hidden = (visibility == 1).float()
+    weights = torch.where(visibility == 1, torch.full_like(hidden, occluded_weight), torch.ones_like(hidden))
+    per_joint = F.binary_cross_entropy_with_logits(occlusion_logits, hidden, weight=weights, reduction='none')
+    # an empty selection still gives a graph-connected zero (no labelled joints in the batch)
+    loss_occlusion = (per_joint * labelled).sum() / labelled.sum().clamp(min=1)
+    return {'loss_mask': loss_mask, 'loss_occlusion': loss_occlusion}
+
+
+def save_atomically(payload: dict, path: Path) -> None:
+    """torch.save through a temporary file in the same folder and os.replace (a kill leaves last.pt whole)."""
+    from occluded_ppe_ros.model.checkpoint import atomic_torch_save
+
+    atomic_torch_save(payload, path)
+
+
+def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, batch_size: int, lr: float,
+                seed: int, resume: bool, log=print) -> dict:
+    """AdamW over the mask and occlusion heads; returns the per-epoch losses."""
+    from occluded_ppe_ros.model.checkpoint import remove_stale_checkpoint_temporaries
+
+    work_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_checkpoint_temporaries(work_dir)
+    parameters = list(stage.mask_head.parameters()) + list(stage.occlusion_head.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
+    labelled = crops.joint_visibility[crops.joint_visibility > 0]
+    occluded_weight = float((labelled == 2).sum()) / max(float((labelled == 1).sum()), 1.0)
+    history: list[dict] = []
+    start_epoch = 0
+    last = work_dir / 'last.pt'
+    if resume and last.is_file():
+        state = torch.load(last, map_location='cpu', weights_only=True)
+        if state.get('format') != HEAD_CHECKPOINT_FORMAT:
+            raise ValueError(f'{last}: format {state.get("format")!r}, expected {HEAD_CHECKPOINT_FORMAT!r}')
+        stage.mask_head.load_state_dict(state['mask_head'])
+        stage.occlusion_head.load_state_dict(state['occlusion_head'])
+        optimizer.load_state_dict(state['optimizer'])
+        scheduler.load_state_dict(state['scheduler'])
+        torch.set_rng_state(state['rng'])
+        start_epoch, history = int(state['epoch']), list(state['history'])
+        log(f'[pipeline_heads] resumed from {last} at epoch {start_epoch}')
+    else:
+        torch.manual_seed(seed)
+    count = crops.maps.shape[0]
+    for epoch in range(start_epoch, epochs):
+        began = time.perf_counter()
+        order = torch.randperm(count)
+        totals = {'loss_mask': 0.0, 'loss_occlusion': 0.0}
+        for start in range(0, count, batch_size):
+            index = order[start:start + batch_size]
+            losses = head_losses(stage, crops, index, occluded_weight)
+            optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            optimizer.step()
+            for key, value in losses.items():
+                totals[key] += float(value.detach()) * len(index) / count
+        scheduler.step()
+        record = {'epoch': epoch + 1, **{k: round(v, 5) for k, v in totals.items()},
+                  'seconds': round(time.perf_counter() - began, 1)}
+        history.append(record)
+        log(f'[pipeline_heads] {json.dumps(record)}')
+        save_atomically({'format': HEAD_CHECKPOINT_FORMAT, 'mask_head': stage.mask_head.state_dict(),
+                         'occlusion_head': stage.occlusion_head.state_dict(),
+                         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
+                         'rng': torch.get_rng_state(), 'epoch': epoch + 1, 'history': history}, last)
+    return {'history': history, 'occluded_weight': occluded_weight, 'crops': count}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--data', type=Path, required=True, help='COCO person-keypoints folder')
+    parser.add_argument('--split', default='train', choices=('train', 'heldout'),
+                        help='training/datasets/splits.py')
+    parser.add_argument('--work', type=Path, required=True, help='folder for last.pt and the log')
+    parser.add_argument('--out', type=Path, required=True, help='pipeline checkpoint to write')
+    parser.add_argument('--pose-variant', default='thunder', choices=('thunder', 'lightning'))
+    parser.add_argument('--detectors', nargs='+', default=['nanodet', 'yolox'])
+    parser.add_argument('--jitters', type=int, default=3, help='crops per person (the first unjittered)')
+    parser.add_argument('--epochs', type=int, default=40)
+    parser.add_argument('--batch-size', type=int, default=32)
+    parser.add_argument('--lr', type=float, default=2e-3)
+    parser.add_argument('--seed', type=int, default=0)
+    parser.add_argument('--threads', type=int, default=2)
+    parser.add_argument('--resume', action='store_true')
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    random.seed(args.seed)
+    cfg = PipelineConfig(detectors=tuple(args.detectors), pose_variant=args.pose_variant)
+    from occluded_ppe_ros.model.movenet import load_movenet_single_pose
+    from occluded_ppe_ros.model.pipeline import build_pipeline, import_pretrained_parts
+
+    stage = PoseStage(cfg)
+    stage.movenet.load_state_dict(load_movenet_single_pose(cfg.pose_variant).state_dict())
+    stage.eval()
+    dataset = CocoPersonKeypoints(args.data / 'annotations.json', args.data / 'images')
+    image_ids = {info['id'] for info in dataset.images if in_split(info['id'], args.split)}
+    began = time.perf_counter()
+    crops = build_crop_set(stage, dataset, image_ids, args.jitters, args.seed)
+    summary = train_heads(stage, crops, args.work, args.epochs, args.batch_size, args.lr, args.seed,
+                          args.resume)
+    net = build_pipeline(cfg)
+    import_pretrained_parts(net)
+    net.pose.mask_head.load_state_dict(stage.mask_head.state_dict())
+    net.pose.occlusion_head.load_state_dict(stage.occlusion_head.state_dict())
+    from occluded_ppe_ros.model.pipeline_checkpoint import save_pipeline_checkpoint
+
+    train_config = {key: str(value) if isinstance(value, Path) else value
+                    for key, value in vars(args).items()}
+    save_pipeline_checkpoint(args.out, net, train_config=train_config, stage=1,
+                             iteration=len(summary['history']),
+                             metrics={'train_crops': summary['crops'], 'last_epoch': summary['history'][-1],
+                                      'train_seconds': round(time.perf_counter() - began, 1)})
+    print(f'[pipeline_heads] wrote {args.out}')
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
