@@ -9,7 +9,9 @@ person is fully hidden (visibility < 5 %), detections dropped at random, more of
 is hidden (kept with probability 0.97 x min(1, 0.4 + visibility)), box sides jittered by 5 % of the
 width (left, right) and 3 % of the height (top, bottom), visible joints by 3 % of the height, hidden
 joints (the network's guess) by 10 %, 5 % of the occlusion flags wrong, and 0.1 false boxes per frame.
-The tracker (node defaults) runs over them and `ppe eval tracking`'s code scores the tracks (motmetrics
+Visibility is the visible share of the whole body, also the part outside the image, so a hand reaching
+into the frame is not detected as a 40 %-visible person. The tracker (node defaults, given the frame size)
+runs over them and `ppe eval tracking`'s code scores the tracks (motmetrics
 MOTA, IDF1; identity switches per full occlusion). Targets: IDF1 >= 0.8, <= 0.1 identity switches per
 full occlusion of up to 1 s.
 
@@ -90,7 +92,8 @@ def run_sequence(seed: int, index: int, config: VideoConfig, tracker_config: Tra
                                                   person.truth.occluded, box))
         for _ in range(rng.poisson(0.1)):
             detections.append(false_detection(rng, config.width, config.height))
-        for tracked in tracker.update(detections, (frame - 1) / config.fps).pedestrians:
+        stamp_s = (frame - 1) / config.fps
+        for tracked in tracker.update(detections, stamp_s, (config.height, config.width)).pedestrians:
             x1, y1, x2, y2 = (float(v) for v in tracked.box)
             out_rows.append([frame, tracked.track_id, x1, y1, x2 - x1, y2 - y1, tracked.score, -1, -1, -1])
     return np.array(gt_rows, np.float64), np.array(out_rows, np.float64).reshape(-1, 10)
@@ -117,7 +120,7 @@ def time_tracker(people: int = 20, frames: int = 600, seed: int = 0) -> dict[str
             joints = centres[k] + offsets[k] * heights[k]
             detections.append(simulated_detection(rng, joints, rng.random(13) < 0.2, box))
         tick = time.perf_counter()
-        tracker.update(detections, t)
+        tracker.update(detections, t, (720, 1280))
         timings.append((time.perf_counter() - tick) * 1e3)
     timed = np.array(timings[50:])  # after the first tracks settle
     return {'people': people, 'frames_timed': len(timed), 'median_ms': float(np.median(timed)),

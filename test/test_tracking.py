@@ -168,3 +168,40 @@ def test_mot_lines_round_trip(tmp_path):
     (tmp_path / 'bad.txt').write_text('1,2,3\n')
     with pytest.raises(ValueError, match='bad.txt:1: 3 fields'):
         read_mot(tmp_path / 'bad.txt')
+
+
+def test_person_walking_in_at_the_image_border_keeps_one_id_as_the_box_grows():
+    # Entering from the left: the box, cut by the border, grows from a 40-px-high arm to a 120-px body in
+    # one frame. The height gate would split that into two tracks; at the border it does not apply.
+    ids = {}
+    for image_size in (None, (240, 320)):
+        tracker = PedestrianTracker()
+        seen = set()
+        for frame in range(20):
+            t = frame / FPS
+            right = 5.0 + 4.0 * frame
+            box = [0.0, 100.0, right, 140.0] if frame < 4 else [0.0, 60.0, right, 180.0]
+            seen |= {p.track_id for p in tracker.update([_person(box)], t, image_size).pedestrians}
+        ids[image_size] = seen
+    assert len(ids[None]) == 2 and len(ids[(240, 320)]) == 1, ids
+
+
+def test_coasting_track_keeps_its_size_and_is_gated_by_its_motion():
+    tracker = PedestrianTracker(TrackerConfig(max_coast_s=2.0))
+    for frame in range(15):  # walking right at 120 px/s while the box widens by 60 px/s (a stride)
+        t = frame / FPS
+        x = 20.0 + 4.0 * frame
+        tracker.update([_person([x, 100.0, x + 40.0 + 2.0 * frame, 220.0])], t)
+    width_before = tracker.predicted_boxes[0, 2] - tracker.predicted_boxes[0, 0]
+    tracker.update([], 1.5)  # a second of occlusion: the box moves on but keeps its size
+    box = tracker.predicted_boxes[0]
+    assert abs((box[2] - box[0]) - width_before) < 0.1 * 60.0 + 1.0  # not the 60 px/s x 1 s of its rate
+    assert box[0] > 20.0 + 4.0 * 14 + 100.0  # moved on with the walking speed
+    centre = (box[0] + box[2]) / 2.0
+    # Someone far behind the prediction is not this person (outside the motion gate, which after a second
+    # of coasting spans a few box widths) ...
+    behind = _person([centre - 500.0, 100.0, centre - 430.0, 220.0])
+    assert tracker.centre_distance(behind.box[None].astype(np.float64))[0, 0] > 18.0
+    # ... someone at the predicted place is.
+    step = tracker.update([_person([box[0], 100.0, box[2], 220.0]), behind], 1.5 + 1 / FPS)
+    assert [p.track_id for p in step.pedestrians] == [1, 2]

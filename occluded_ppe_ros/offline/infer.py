@@ -404,7 +404,8 @@ class _Trackers:
         stream = frame.record.topic if frame.record is not None else ''
         tracker = self.trackers.setdefault(stream, PedestrianTracker(self.config))
         stamp_s = frame.stamp_s if frame.stamp_s is not None else float(frame.index)
-        tracked = tracker.update(pedestrians, stamp_s)
+        image_size = frame.rgb.shape[:2] if frame.rgb is not None else None
+        tracked = tracker.update(pedestrians, stamp_s, image_size)
         self.ids.update((stream, p.track_id) for p in tracked.pedestrians)
         return tracked.pedestrians, tracked.ended_track_ids
 

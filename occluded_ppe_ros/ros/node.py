@@ -393,7 +393,7 @@ class PPENode(LifecycleNode):
         if not self._active.is_set():
             return  # deactivated while the model ran: the lifecycle publishers are off
         start = time.perf_counter()
-        pedestrians = self._track(msg.header, pedestrians)
+        pedestrians = self._track(msg.header, pedestrians, rgb.shape[:2])
         stage_ms['track'] = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
         self._publish_results(msg.header, rgb, pedestrians)
@@ -408,7 +408,7 @@ class PPENode(LifecycleNode):
         return pedestrians, {stage: float(timings.get(f'{stage}_ms', 0.0))
                              for stage in ('preprocess', 'inference', 'postprocess')}
 
-    def _track(self, header: Header, pedestrians: list) -> list:
+    def _track(self, header: Header, pedestrians: list, image_size: tuple[int, int]) -> list:
         """Track ids for the frame's pedestrians (tracking_enabled), else the pedestrians as they are.
 
         Time is the header stamp (seconds); an unstamped frame uses the monotonic clock instead. Switching
@@ -426,7 +426,7 @@ class PPENode(LifecycleNode):
                 self._tracker.config = config
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         stamp_s = stamp_ns * 1e-9 if stamp_ns else time.monotonic()
-        return self._tracker.update(pedestrians, stamp_s).pedestrians
+        return self._tracker.update(pedestrians, stamp_s, image_size).pedestrians
 
     def _markers(self, header: Header, pedestrians: list, width: int, height: int,
                  keypoint_threshold: float) -> MarkerArray:

@@ -12,11 +12,11 @@ Per frame:
 3. tracks and detections are paired by `scipy.optimize.linear_sum_assignment` on a similarity that mixes
    the IoU of the predicted and detected boxes with an OKS-like keypoint similarity (COCO's per-joint
    tolerances, widened by the track's position uncertainty so that a long-coasting track still finds its
-   person near the predicted place); pairs below `min_similarity` are never matched. In rounds, as
-   DeepSORT's matching cascade: confirmed tracks (`min_hits` matches) by the number of frames since
-   their last match, fewest first, then the unconfirmed ones, each round with the detections left; so a
-   coasting track's prediction, which may lie on the person walking in front of it, never takes that
-   person's detection from their own track;
+   person near the predicted place); pairs below `min_similarity`, pairs whose box centres lie outside
+   the track's Kalman gate (`gate_probability`, squared Mahalanobis distance) and pairs whose heights
+   differ by more than `max_height_ratio` (except at the image border) are never matched. One global
+   assignment for the confirmed tracks (`min_hits` matches), coasting or not, then one for the
+   unconfirmed tracks with the detections left. A coasting track keeps its last box size;
 4. a matched track is corrected by the detection's box; an unmatched detection starts a new track with
    the next id (ids are never re-used by another person).
 
@@ -46,6 +46,13 @@ from occluded_ppe_ros.tracking.kalman import MotionNoise
 
 # Similarity given to pairs that must never match (below any min_similarity).
 _NO_MATCH = -1.0
+# Longest time (seconds) over which a box size is extrapolated by its rate (about 3 frames at 30 Hz).
+_SIZE_RATE_HORIZON_S = 0.1
+
+
+def _chi2_2dof(probability: float) -> float:
+    """Quantile of the chi-square distribution with 2 degrees of freedom: -2 ln(1 - p)."""
+    return -2.0 * math.log(1.0 - probability)
 
 
 @dataclass(frozen=True)
@@ -65,24 +72,31 @@ class TrackerConfig:
         occluded_joint_weight: weight of a detected joint flagged occluded in the keypoint similarity
             (visible joints weigh 1): the network guesses hidden joints, so they count less, [0, 1].
         max_height_ratio: a detection whose box height differs from a track's predicted height by more
-            than this factor is never matched to it (> 1).
+            than this factor is never matched to it (> 1), unless either box touches the image border
+            (a person entering or leaving the image grows or shrinks in a few frames).
         min_hits: matches after which a track is confirmed (matched before unconfirmed ones).
+        gate_probability: a detection whose box centre lies outside this probability mass of a track's
+            predicted centre (Kalman covariance plus measurement noise, a chi-square gate on the squared
+            Mahalanobis distance with 2 degrees of freedom) is never matched to it, (0, 1]; 1 = no gate.
+        border_margin_px: a box within this many pixels of the image border is cut by it (pixels).
         carry_occluded_joints: replace a joint flagged occluded by the track's carried-forward position of
             it (where it was last seen, relative to the box), when the track has seen it within
             max_coast_s.
         noise: the Kalman filter's noise levels.
     """
 
-    max_coast_s: float = 1.5
-    min_similarity: float = 0.2
+    max_coast_s: float = 3.0
+    min_similarity: float = 0.3
     iou_weight: float = 0.5
     keypoint_tolerance: float = 2.0
     keypoint_threshold: float = 0.1
     occluded_joint_weight: float = 0.5
     carry_occluded_joints: bool = True
-    max_height_ratio: float = 1.4
+    max_height_ratio: float = 1.25
     min_hits: int = 3
     noise: MotionNoise = field(default_factory=MotionNoise)
+    gate_probability: float = 0.9999
+    border_margin_px: float = 2.0
 
     def __post_init__(self) -> None:
         if not self.max_coast_s >= 0.0:
@@ -93,6 +107,8 @@ class TrackerConfig:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
         if not self.max_height_ratio > 1.0:
             raise ValueError(f'max_height_ratio must be > 1, got {self.max_height_ratio}')
+        if not 0.0 < self.gate_probability <= 1.0:
+            raise ValueError(f'gate_probability must be in (0, 1], got {self.gate_probability}')
         if not self.keypoint_tolerance > 0.0:
             raise ValueError(f'keypoint_tolerance must be > 0, got {self.keypoint_tolerance}')
 
@@ -196,8 +212,12 @@ class PedestrianTracker:
         self._joint_offsets = self._joint_offsets[rows]
         self._joint_seen = self._joint_seen[rows]
 
-    def update(self, pedestrians: Sequence[Pedestrian], stamp_s: float) -> TrackedFrame:
+    def update(self, pedestrians: Sequence[Pedestrian], stamp_s: float,
+               image_size: tuple[int, int] | None = None) -> TrackedFrame:
         """Track one frame's pedestrians (input-image pixels) taken at `stamp_s` seconds.
+
+        `image_size` (rows, columns) of the frame lets the height gate spare boxes cut by the image
+        border (people walking in or out); None = no such exception.
 
         Returns:
             Copies of the pedestrians, same order, with `track_id` set and, with carry_occluded_joints,
@@ -208,7 +228,7 @@ class PedestrianTracker:
         keypoints = np.array([p.keypoints for p in pedestrians], np.float64).reshape(count, NUM_KEYPOINTS, 2)
         scores = np.array([p.keypoint_scores for p in pedestrians], np.float64).reshape(count, NUM_KEYPOINTS)
         occluded = np.array([p.keypoint_occluded for p in pedestrians], bool).reshape(count, NUM_KEYPOINTS)
-        step = self.update_arrays(boxes, keypoints, scores, occluded, stamp_s)
+        step = self.update_arrays(boxes, keypoints, scores, occluded, stamp_s, image_size)
         tracked = []
         for index, pedestrian in enumerate(pedestrians):
             changes: dict[str, Any] = {'track_id': int(step.track_ids[index])}
@@ -218,7 +238,8 @@ class PedestrianTracker:
         return TrackedFrame(tracked, step)
 
     def update_arrays(self, boxes: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
-                      keypoint_occluded: np.ndarray, stamp_s: float) -> TrackStep:
+                      keypoint_occluded: np.ndarray, stamp_s: float,
+                      image_size: tuple[int, int] | None = None) -> TrackStep:
         """The tracker on plain arrays (what `update` calls).
 
         Args:
@@ -227,6 +248,7 @@ class PedestrianTracker:
             keypoint_scores: float [D, 13] in [0, 1].
             keypoint_occluded: bool [D, 13], True where the joint is estimated hidden.
             stamp_s: the frame's time, seconds.
+            image_size: (rows, columns) of the frame, or None (see `update`).
         """
         config = self.config
         ended: list[int] = []
@@ -235,7 +257,14 @@ class PedestrianTracker:
         dt = 0.0 if self._last_stamp is None else stamp_s - self._last_stamp
         self._last_stamp = stamp_s
         if dt > 0.0 and len(self.ids):
+            # A coasting track keeps its size: the box width of a walking person swings with the stride,
+            # and its rate, extrapolated over a second of occlusion, would grow or shrink the box until it
+            # matches nobody (or somebody else). So sizes follow their rates for at most
+            # _SIZE_RATE_HORIZON_S of a step, and not at all once a track has missed a frame.
+            self._state[self._missed > 0, 6:8] = 0.0
+            sizes = self._state[:, 2:4] + self._state[:, 6:8] * min(dt, _SIZE_RATE_HORIZON_S)
             self._state, self._covariance = kalman.predict(self._state, self._covariance, dt, config.noise)
+            self._state[:, 2:4] = sizes
         expired = stamp_s - self._last_matched > config.max_coast_s
         if expired.any():
             ended += self.ids[expired].tolist()
@@ -249,7 +278,7 @@ class PedestrianTracker:
         found = scores >= config.keypoint_threshold
         seen = found & ~occluded  # joints whose position the detection shows
 
-        track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded)
+        track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded, image_size)
         track_ids = np.zeros(count, np.int64)
         if len(track_rows):
             self._state[track_rows], self._covariance[track_rows] = kalman.update(
@@ -301,30 +330,44 @@ class PedestrianTracker:
         keypoint_similarity = np.where(total > 0, matched / np.maximum(total, 1e-9), iou)
         return config.iou_weight * iou + (1.0 - config.iou_weight) * keypoint_similarity
 
-    def _associate(self, boxes: np.ndarray, keypoints: np.ndarray, found: np.ndarray,
-                   occluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _associate(self, boxes: np.ndarray, keypoints: np.ndarray, found: np.ndarray, occluded: np.ndarray,
+                   image_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
         """(track rows, detection rows) of the matched pairs, by maximum total similarity."""
         if not len(self.ids) or not len(boxes):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
+        config = self.config
         similarity = self.similarity(boxes, keypoints, found, occluded)
-        similarity[similarity < self.config.min_similarity] = _NO_MATCH
+        allowed = similarity >= config.min_similarity
         # A person's height cannot jump between frames: such a pair is two people overlapping (the near
-        # one's big box over the far one's track), however much the boxes overlap.
+        # one's big box over the far one's track), however much the boxes overlap. Except at the image
+        # border, where the box of a person walking in or out is cut by it.
+        predicted = kalman.states_to_boxes(self._state)
         predicted_height = np.maximum(self._state[:, 3], 1.0)
         height_ratio = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)[None, :] / predicted_height[:, None]
-        similarity[np.abs(np.log(height_ratio)) > math.log(self.config.max_height_ratio)] = _NO_MATCH
-        # Round of each track: frames since its last match; unconfirmed tracks after every confirmed one.
-        rounds = np.where(self._hits >= self.config.min_hits, self._missed, self._missed.max(initial=0) + 1)
+        height_ok = np.abs(np.log(height_ratio)) <= math.log(config.max_height_ratio)
+        if image_size is not None:
+            height_ok |= (self._cut_by_border(boxes, image_size)[None, :]
+                          | self._cut_by_border(predicted, image_size)[:, None])
+        allowed &= height_ok
+        # Motion gate: where the Kalman filter says the track can be now. A coasting track's gate widens
+        # with its uncertainty; a track just seen cannot jump onto the person walking past it.
+        if config.gate_probability < 1.0:
+            allowed &= self.centre_distance(boxes) <= _chi2_2dof(config.gate_probability)
+        similarity = np.where(allowed, similarity, _NO_MATCH)
+        # One global assignment over the confirmed tracks (coasting or not), then the unconfirmed ones with
+        # the detections left. Not a DeepSORT cascade by frames since the last match: that gives a track
+        # seen in the last frame every detection it is similar to, also the one of the person reappearing
+        # from behind it, whose own coasting track waits for a later round.
+        confirmed = self._hits >= config.min_hits
         matched_tracks, matched_detections = [], []
         free = np.ones(len(boxes), bool)
-        for round_ in np.unique(rounds):
-            tracks = np.flatnonzero(rounds == round_)
+        for tracks in (np.flatnonzero(confirmed), np.flatnonzero(~confirmed)):
             detections = np.flatnonzero(free)
             if not len(tracks) or not len(detections):
                 continue
             block = similarity[np.ix_(tracks, detections)]
             rows, cols = linear_sum_assignment(block, maximize=True)
-            good = block[rows, cols] >= self.config.min_similarity
+            good = block[rows, cols] >= config.min_similarity
             matched_tracks.append(tracks[rows[good]])
             matched_detections.append(detections[cols[good]])
             free[detections[cols[good]]] = False
@@ -332,6 +375,28 @@ class PedestrianTracker:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return (np.concatenate(matched_tracks).astype(np.int64),
                 np.concatenate(matched_detections).astype(np.int64))
+
+    def _cut_by_border(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """bool [N]: boxes [N, 4] (pixels) within border_margin_px of an edge of the image (rows, cols)."""
+        rows, cols = image_size
+        margin = self.config.border_margin_px
+        return ((boxes[:, 0] <= margin) | (boxes[:, 1] <= margin)
+                | (boxes[:, 2] >= cols - margin) | (boxes[:, 3] >= rows - margin))
+
+    def centre_distance(self, boxes: np.ndarray) -> np.ndarray:
+        """Squared Mahalanobis distance float64 [T, D] of each detection's box centre (boxes [D, 4] pixels)
+        from each live track's predicted centre, under the track's centre covariance plus the measurement
+        noise: chi-square with 2 degrees of freedom for the track's own person."""
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        noise_var = (self.config.noise.measurement_std * np.maximum(self._state[:, 3], 1.0)) ** 2
+        sxx = self._covariance[:, 0, 0] + noise_var
+        syy = self._covariance[:, 1, 1] + noise_var
+        sxy = self._covariance[:, 0, 1]
+        determinant = (sxx * syy - sxy ** 2)[:, None]
+        dx = centres[None, :, 0] - self._state[:, None, 0]
+        dy = centres[None, :, 1] - self._state[:, None, 1]
+        # The 2 x 2 inverse written out: cheaper than np.linalg for [T] small matrices.
+        return (syy[:, None] * dx ** 2 - 2.0 * sxy[:, None] * dx * dy + sxx[:, None] * dy ** 2) / determinant
 
     def _start_tracks(self, boxes: np.ndarray, stamp_s: float) -> None:
         count = len(boxes)

@@ -18,8 +18,9 @@ Written by `write_sequence` in MOTChallenge layout plus COCO-style per-frame ann
     <out>/<name>/seqinfo.ini                name, frame rate, length, image size
     <out>/<name>/annotations.json           COCO person keypoints per frame (`synthetic.person_annotation`)
                                             plus `track_id` and `visibility` per annotation
-Visibility = visible mask pixels / whole-shape pixels x the share of the person's width inside the image
-(a person half out of the frame counts half visible), in [0, 1]; a person fully hidden (0) is still in
+Visibility = visible pixels inside the image / pixels of the whole body, also the part outside the image
+(a person half out of the frame counts half visible; one whose hand alone reaches in, a few per cent),
+in [0, 1]; a person fully hidden (0) is still in
 gt.txt (MOTChallenge keeps occluded people), and `ppe eval tracking` decides what to ignore.
 Deterministic: a sequence depends only on (seed, index).
 """
@@ -85,7 +86,7 @@ class FrameTruth:
     Attributes:
         track_id: the person's id in the sequence (1-based).
         truth: joints, per-joint occlusion, amodal and visible masks (image pixels).
-        visibility: visible mask pixels / whole-shape pixels, [0, 1].
+        visibility: visible pixels inside the image / pixels of the whole body (also outside it), [0, 1].
     """
 
     track_id: int
@@ -197,7 +198,7 @@ def render_sequence(rng: np.random.Generator, config: VideoConfig,
     for frame in range(config.num_frames):
         t = frame / config.fps
         layers = list(occluders)
-        people: list[tuple[int, int, float]] = []  # (track id, layer index, share inside the image)
+        people: list[tuple[int, int, int]] = []  # (track id, layer index, pixels of the whole body)
         for track_id, walker in enumerate(walkers, start=1):
             if t < walker.t_enter:
                 continue
@@ -212,13 +213,20 @@ def render_sequence(rng: np.random.Generator, config: VideoConfig,
             canvas, mask, keypoints = walker.painter.draw(walker.scale, origin, config.height, config.width)
             if not mask.any():
                 continue
-            # Share of the person's width inside the image: a person half out of the frame is half visible.
-            in_frame = (min(right, config.width) - max(left, 0.0)) / (right - left)
-            people.append((track_id, len(layers), in_frame))
+            whole_pixels = int(mask.sum())
+            if left < 0 or right > config.width:
+                # Partly outside the image: count the whole body's pixels on a canvas wide enough to hold
+                # it, so that a hand reaching into the frame is a few per cent visible, not the share of
+                # the body's width that is inside (the arm swings ahead of the torso).
+                pad = int(math.ceil(right - left)) + 1
+                _, whole, _ = walker.painter.draw(walker.scale, origin + [pad, 0.0], config.height,
+                                                  config.width + 2 * pad)
+                whole_pixels = max(whole_pixels, int(whole.sum()))
+            people.append((track_id, len(layers), whole_pixels))
             layers.append(_Layer(mask, canvas, depth=walker.foot_y, person=track_id, keypoints=keypoints))
         owner = still._compose(layers, config.height, config.width)
         truths = []
-        for track_id, index, in_frame in people:
+        for track_id, index, whole_pixels in people:
             layer = layers[index]
             inside = ((layer.keypoints[:, 0] >= 0) & (layer.keypoints[:, 0] < config.width)
                       & (layer.keypoints[:, 1] >= 0) & (layer.keypoints[:, 1] < config.height))
@@ -227,7 +235,7 @@ def render_sequence(rng: np.random.Generator, config: VideoConfig,
             visible_mask = owner == index
             truth = PersonTruth(keypoints=layer.keypoints, occluded=~visible, amodal_mask=layer.mask,
                                 visible_mask=visible_mask)
-            visibility = in_frame * visible_mask.sum() / max(1, layer.mask.sum())
+            visibility = visible_mask.sum() / max(1, whole_pixels)
             truths.append(FrameTruth(track_id, truth, float(visibility)))
         image = None
         if draw:
