@@ -78,3 +78,19 @@ def test_render_in_place_matches_the_copying_variant():
     assert not np.array_equal(expected, image)
     with pytest.raises(ValueError, match='writable C-contiguous'):
         draw.render_overlay(image[:, ::2], [person], 0.3)
+
+
+def test_blend_mask_table_matches_per_pixel_blending():
+    rng = np.random.default_rng(5)
+    image = rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)
+    mask = rng.random((30, 30)) < 0.6
+    pedestrian = Pedestrian(box=np.array([-5, 20, 25, 50], np.float32), class_id=0, class_name='pedestrian',
+                            score=0.9, mask=mask, mask_origin=np.array([-5, 20]),
+                            keypoints=np.zeros((13, 2), np.float32), keypoint_scores=np.zeros(13, np.float32),
+                            keypoint_occluded=np.zeros(13, bool))
+    expected = image.copy()
+    crop, inside = expected[20:40, 0:25], mask[0:20, 5:30]  # the mask cut by the image's left and bottom
+    tint = np.asarray((200, 30, 90), np.float32)
+    crop[inside] = (crop[inside].astype(np.float32) * (1.0 - 0.45) + tint * 0.45 + 0.5).astype(np.uint8)
+    draw.blend_mask(image, pedestrian, (200, 30, 90), 0.45)
+    np.testing.assert_array_equal(image, expected)
