@@ -158,6 +158,7 @@ def evaluate(gt: dict, image_ids: list[int], loaded, people: dict, with_masks: b
         'occluded_oks50_share': float(np.mean([r['oks'] >= 0.5 for r in occluded])) if occluded else None,
         'flag_balanced_accuracy': balanced_accuracy(hidden, np.array([r['flag'] for r in rows])),
         'score_flag_by_threshold': {float(t): score_flag_accuracy(rows, float(t)) for t in THRESHOLD_GRID},
+        'results': results,
     }
     return summary
 
@@ -176,6 +177,8 @@ def main() -> int:
     parser.add_argument('--no-peers', action='store_true')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--deploy-min-score', type=float, default=0.3)
+    parser.add_argument('--save-results', type=Path, default=None,
+                        help='folder for each row\'s COCO results JSON (min score 0.05)')
     parser.add_argument('--output', type=Path,
                         default=REPO_ROOT / 'outputs' / 'bench' / 'pipeline_vs_peers.json')
     args = parser.parse_args()
@@ -196,6 +199,11 @@ def main() -> int:
     def add_row(label: str, predict_all, predict_deploy, with_masks: bool, flag_source=None) -> dict:
         people, _ = run_model(predict_all, loaded)
         row = {'model': label, **evaluate(gt, image_ids, loaded, people, with_masks)}
+        results = row.pop('results')
+        if args.save_results:
+            # COCO results JSON, e.g. for benchmarks/operating_point.py
+            args.save_results.mkdir(parents=True, exist_ok=True)
+            (args.save_results / f'results_{label.split(" ")[0]}.json').write_text(json.dumps(results))
         _, latencies = run_model(predict_deploy, loaded)
         row['latency_ms_median'] = statistics.median(latencies)
         row['latency_ms_mean'] = statistics.fmean(latencies)

@@ -381,26 +381,21 @@ def _default_model_row(ctx: BenchContext, backend_name: str) -> RowSpec:
         raise RuntimeError(f'cannot read {DEFAULT_MODEL_PHOTO} (shipped sample photo)')
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
     s = ctx.settings
-    if backend_name == 'torch':
-        from occluded_ppe_ros.inference.backends.torch_backend import TorchBackend
-
-        backend = TorchBackend.from_checkpoint(model_file, device='cpu')
-        note = f'PyTorch eager, {s.threads} threads'
-    elif backend_name == 'onnxruntime':
-        from occluded_ppe_ros.inference.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        backend = OnnxRuntimeBackend(model_file, device='cpu', intra_op_threads=s.threads)
-        note = f'onnxruntime {_version("onnxruntime")} CPU, intra_op_num_threads={s.threads}'
-    else:
+    if backend_name == 'tensorrt':
         from occluded_ppe_ros.inference.tensorrt_engine import tensorrt_available
 
         if not tensorrt_available():
             raise RuntimeError('TensorRT needs the tensorrt package and an NVIDIA GPU; '
                                'this machine lacks them')
-        from occluded_ppe_ros.inference.backends.tensorrt_backend import TensorRTBackend, engine_for_onnx
+    from occluded_ppe_ros.inference.backends import create_backend
 
-        backend = TensorRTBackend(engine_for_onnx(model_file), model_file)
-        note = 'TensorRT engine built from the ONNX export'
+    # create_backend opens either network (the pretrained pipeline's two graphs or a PPENet graph)
+    device = 'cuda' if backend_name == 'tensorrt' else 'cpu'
+    backend = create_backend(backend_name, model_file, device=device)
+    notes = {'torch': f'PyTorch eager, {s.threads} threads',
+             'onnxruntime': f'onnxruntime {_version("onnxruntime")} CPU, {s.threads} threads',
+             'tensorrt': 'TensorRT engines built from the ONNX export'}
+    note = notes[backend_name]
     from occluded_ppe_ros.ros.parameters import PARAMETERS_BY_NAME   # plain table, no rclpy
 
     # The node's default thresholds: what a user of the default model gets.

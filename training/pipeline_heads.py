@@ -18,7 +18,10 @@ detectors and MoveNet and the trained heads: `--out`.
 from __future__ import annotations
 
 import argparse
+import copy
+import hashlib
 import json
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -36,6 +39,7 @@ from occluded_ppe_training.datasets.splits import in_split
 
 MIN_BOX_SIDE = 24.0       # pixels: smaller people carry too few crop pixels to learn a mask from
 HEAD_CHECKPOINT_FORMAT = 'occluded_ppe/pipeline_heads/1'
+VALIDATION_MODULUS = 5   # a fifth of the training split's images picks the heads' epochs
 
 
 @dataclass
@@ -43,11 +47,13 @@ class CropSet:
     """MoveNet's frozen maps over person crops, with the training targets (N crops, h = S / 4).
 
     Attributes:
-        maps: float [N, 42, h, h] features (24), heatmaps (17), centre (1).
+        maps: float [N, C, h, h] the heads' input (`PoseStage.instance_maps`).
         keypoints17: float [N, 17, 3] MoveNet's decoded joints (y, x normalised over the crop, score).
         mask_targets: float [N, h, h] the person's visible mask over the crop, in {0, 1}.
         joint_visibility: int64 [N, 13] COCO v of our 13 joints (0 unlabelled, 1 hidden, 2 seen).
         image_ids: int64 [N] where each crop came from.
+        crops: uint8 [N, 3, S, S] the crops themselves (RGB), for fine-tuning MoveNet on them.
+        joints_crop: float [N, 13, 2] labelled joints' x, y in crop pixels (0 where unlabelled).
     """
 
     maps: torch.Tensor
@@ -55,6 +61,8 @@ class CropSet:
     mask_targets: torch.Tensor
     joint_visibility: torch.Tensor
     image_ids: torch.Tensor
+    crops: torch.Tensor
+    joints_crop: torch.Tensor
 
 
 def jittered_boxes(box: np.ndarray, count: int, rng: np.random.Generator, scale: float = 0.15,
@@ -96,56 +104,49 @@ def build_crop_set(stage: PoseStage, dataset: CocoPersonKeypoints, image_ids: se
                 crop, square = stage.crops(tensor, rois)
                 mask_rois = square.clone()
                 mask_target = roi_align(mask, mask_rois, (heat_size, heat_size), 1.0, 2, True)[0, 0]
-                pending.append((crop[0], (mask_target > 0.5).float(), visibility, keypoints, info['id']))
+                side = float(square[0, 3] - square[0, 1])
+                scale = stage.cfg.pose_config.input_size / side
+                joints_crop = torch.stack([(keypoints[:, 0] - square[0, 1]) * scale,
+                                           (keypoints[:, 1] - square[0, 2]) * scale], dim=1)
+                joints_crop = joints_crop * (visibility > 0)[:, None]
+                pending.append((crop[0], (mask_target > 0.5).float(), visibility, joints_crop, info['id']))
     log(f'[pipeline_heads] {len(pending)} crops from {len(image_ids)} images; running frozen MoveNet')
-    maps, keypoints17, masks, visibility, ids = [], [], [], [], []
+    maps, keypoints17, masks, visibility, ids, crops_out, joints_out = [], [], [], [], [], [], []
+    size = stage.cfg.pose_config.input_size
     for start in range(0, len(pending), batch_size):
         chunk = pending[start:start + batch_size]
         crops = torch.stack([item[0] for item in chunk])
         for mirrored in (False, True):
             batch = crops.flip(-1) if mirrored else crops
             heads = stage.movenet.forward_features(batch)
-            maps.append(torch.cat([heads['features'], heads['heatmap'], heads['center']], 1))
+            maps.append(stage.instance_maps(heads, batch))
             keypoints17.append(stage.movenet.decode(heads))
             mask_batch = torch.stack([item[1] for item in chunk])
             vis_batch = torch.stack([item[2] for item in chunk])
+            joints_batch = torch.stack([item[3] for item in chunk])
             if mirrored:
                 mask_batch = mask_batch.flip(-1)
                 vis_batch = vis_batch[:, list(FLIP_PERMUTATION)]
+                joints_batch = joints_batch[:, list(FLIP_PERMUTATION)]
+                joints_batch[..., 0] = torch.where(vis_batch > 0, size - joints_batch[..., 0],
+                                                   torch.zeros_like(joints_batch[..., 0]))
+            crops_out.append((batch * 255.0).round().to(torch.uint8))
+            joints_out.append(joints_batch)
             masks.append(mask_batch)
             visibility.append(vis_batch)
             ids.append(torch.tensor([item[4] for item in chunk]))
     return CropSet(torch.cat(maps), torch.cat(keypoints17), torch.cat(masks), torch.cat(visibility),
-                   torch.cat(ids))
-
-
-def head_outputs(stage: PoseStage, maps: torch.Tensor, keypoints17: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The trained heads on stored maps: (mask logits [N, h, h], occlusion logits [N, 13]).
-
-    Mirrors `PoseStage.heads` after MoveNet (same inputs in the same order), so the stored maps train
-    exactly the modules that run at inference.
-    """
-    from occluded_ppe_ros.model.pipeline import sample_at_points
-
-    features = maps[:, :24]
-    heatmap = maps[:, 24:41]
-    mask_logits = stage.mask_head(maps)
-    heat_size = maps.shape[-1]
-    joints = keypoints17.index_select(1, stage.joint_index)
-    joints_cells = torch.stack([joints[..., 1], joints[..., 0]], dim=-1) * heat_size
-    joint_features = sample_at_points(features, joints_cells)
-    mask_at_joint = sample_at_points(torch.sigmoid(mask_logits), joints_cells)[..., 0]
-    peaks = heatmap.flatten(2).amax(-1).index_select(1, stage.joint_index)
-    occlusion_logits = stage.occlusion_head(joint_features, joints[..., 2], mask_at_joint, peaks)
-    return mask_logits[:, 0], occlusion_logits
+                   torch.cat(ids), torch.cat(crops_out), torch.cat(joints_out))
 
 
 def head_losses(stage: PoseStage, crops: CropSet, index: torch.Tensor, occluded_weight: float
                 ) -> dict[str, torch.Tensor]:
     """Mask BCE and class-balanced occlusion BCE over the crops `index`."""
-    mask_logits, occlusion_logits = head_outputs(stage, crops.maps[index], crops.keypoints17[index])
-    loss_mask = F.binary_cross_entropy_with_logits(mask_logits, crops.mask_targets[index])
+    mask_logits, occlusion_logits = stage.head_outputs(crops.maps[index], crops.keypoints17[index])
+    mask_logits = mask_logits[:, 0]
+    # mean over the crops, graph-connected 0 for an empty selection (no NaN)
+    loss_mask = (F.binary_cross_entropy_with_logits(mask_logits, crops.mask_targets[index], reduction='sum')
+                 / max(mask_logits.numel(), 1))
     visibility = crops.joint_visibility[index]
     labelled = visibility > 0
     hidden = (visibility == 1).float()
@@ -163,19 +164,47 @@ def save_atomically(payload: dict, path: Path) -> None:
     atomic_torch_save(payload, path)
 
 
+def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:
+    """Learning rate of `epoch` (0-based) in a cosine decay from `base` to 0 over `epochs`."""
+    return base * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+
+
+def validation_image(image_id: int, modulus: int = VALIDATION_MODULUS) -> bool:
+    """True for the training-split images kept out of the heads' training to pick their epochs (a hash of
+    the id independent of the held-out rule, so the held-out photos stay untouched by any choice)."""
+    return int(hashlib.sha256(f'validation/{int(image_id)}'.encode()).hexdigest(), 16) % modulus == 0
+
+
+@torch.no_grad()
+def validation_losses(stage: PoseStage, crops: CropSet, occluded_weight: float, batch_size: int) -> dict:
+    """Mean head losses over a whole crop set (no gradient)."""
+    totals = {'loss_mask': 0.0, 'loss_occlusion': 0.0}
+    count = crops.maps.shape[0]
+    for start in range(0, count, batch_size):
+        index = torch.arange(start, min(start + batch_size, count))
+        for key, value in head_losses(stage, crops, index, occluded_weight).items():
+            totals[key] += float(value) * len(index) / count
+    return totals
+
+
 def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, batch_size: int, lr: float,
-                seed: int, resume: bool, log=print) -> dict:
-    """AdamW over the mask and occlusion heads; returns the per-epoch losses."""
+                seed: int, resume: bool, validation: CropSet | None = None, log=print) -> dict:
+    """AdamW over the mask and occlusion heads; returns the per-epoch losses.
+
+    With `validation`, each head ends at its epoch of lowest validation loss (the heads overfit the
+    few training people within tens of epochs: the mask head's input has ~100 channels per cell).
+    """
     from occluded_ppe_ros.model.checkpoint import remove_stale_checkpoint_temporaries
 
     work_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_checkpoint_temporaries(work_dir)
     parameters = list(stage.mask_head.parameters()) + list(stage.occlusion_head.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=1e-4)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(epochs, 1))
     labelled = crops.joint_visibility[crops.joint_visibility > 0]
     occluded_weight = float((labelled == 2).sum()) / max(float((labelled == 1).sum()), 1.0)
     history: list[dict] = []
+    best = {'mask_head': (float('inf'), 0, copy.deepcopy(stage.mask_head.state_dict())),
+            'occlusion_head': (float('inf'), 0, copy.deepcopy(stage.occlusion_head.state_dict()))}
     start_epoch = 0
     last = work_dir / 'last.pt'
     if resume and last.is_file():
@@ -185,15 +214,20 @@ def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, b
         stage.mask_head.load_state_dict(state['mask_head'])
         stage.occlusion_head.load_state_dict(state['occlusion_head'])
         optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
         torch.set_rng_state(state['rng'])
         start_epoch, history = int(state['epoch']), list(state['history'])
+        best = {name: (float(loss), int(epoch), weights) for name, (loss, epoch, weights) in
+                ((name, state['best'][name]) for name in best)} if 'best' in state else best
         log(f'[pipeline_heads] resumed from {last} at epoch {start_epoch}')
     else:
         torch.manual_seed(seed)
     count = crops.maps.shape[0]
     for epoch in range(start_epoch, epochs):
         began = time.perf_counter()
+        for group in optimizer.param_groups:
+            # cosine decay as a pure function of the epoch: a resumed run asked for more epochs than it
+            # started with follows the longer schedule from where it is
+            group['lr'] = cosine_learning_rate(lr, epoch, epochs)
         order = torch.randperm(count)
         totals = {'loss_mask': 0.0, 'loss_occlusion': 0.0}
         for start in range(0, count, batch_size):
@@ -204,16 +238,29 @@ def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, b
             optimizer.step()
             for key, value in losses.items():
                 totals[key] += float(value.detach()) * len(index) / count
-        scheduler.step()
         record = {'epoch': epoch + 1, **{k: round(v, 5) for k, v in totals.items()},
                   'seconds': round(time.perf_counter() - began, 1)}
+        if validation is not None:
+            checked = validation_losses(stage, validation, occluded_weight, batch_size)
+            record.update({f'val_{k}': round(v, 5) for k, v in checked.items()})
+            for name, key in (('mask_head', 'loss_mask'), ('occlusion_head', 'loss_occlusion')):
+                if checked[key] < best[name][0]:
+                    best[name] = (checked[key], epoch + 1, copy.deepcopy(getattr(stage, name).state_dict()))
         history.append(record)
         log(f'[pipeline_heads] {json.dumps(record)}')
         save_atomically({'format': HEAD_CHECKPOINT_FORMAT, 'mask_head': stage.mask_head.state_dict(),
                          'occlusion_head': stage.occlusion_head.state_dict(),
-                         'optimizer': optimizer.state_dict(), 'scheduler': scheduler.state_dict(),
-                         'rng': torch.get_rng_state(), 'epoch': epoch + 1, 'history': history}, last)
-    return {'history': history, 'occluded_weight': occluded_weight, 'crops': count}
+                         'optimizer': optimizer.state_dict(),
+                         'rng': torch.get_rng_state(), 'epoch': epoch + 1, 'history': history,
+                         'best': {name: [loss, at, weights] for name, (loss, at, weights) in best.items()}},
+                        last)
+    chosen = {}
+    if validation is not None:
+        for name, (loss, at, weights) in best.items():
+            getattr(stage, name).load_state_dict(weights)
+            chosen[name] = {'epoch': at, 'validation_loss': round(loss, 5)}
+        log(f'[pipeline_heads] heads from their best validation epochs: {json.dumps(chosen)}')
+    return {'history': history, 'occluded_weight': occluded_weight, 'crops': count, 'chosen': chosen}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--seed', type=int, default=0)
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--resume', action='store_true')
+    parser.add_argument('--no-validate', dest='validate', action='store_false',
+                        help='train on every image of --split (default: keep a fifth out to pick epochs)')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
@@ -245,10 +294,13 @@ def main(argv: list[str] | None = None) -> int:
     stage.eval()
     dataset = CocoPersonKeypoints(args.data / 'annotations.json', args.data / 'images')
     image_ids = {info['id'] for info in dataset.images if in_split(info['id'], args.split)}
+    held_for_validation = {i for i in image_ids if validation_image(i)} if args.validate else set()
     began = time.perf_counter()
-    crops = build_crop_set(stage, dataset, image_ids, args.jitters, args.seed)
+    crops = build_crop_set(stage, dataset, image_ids - held_for_validation, args.jitters, args.seed)
+    validation = (build_crop_set(stage, dataset, held_for_validation, 1, args.seed)
+                  if held_for_validation else None)
     summary = train_heads(stage, crops, args.work, args.epochs, args.batch_size, args.lr, args.seed,
-                          args.resume)
+                          args.resume, validation)
     net = build_pipeline(cfg)
     import_pretrained_parts(net)
     net.pose.mask_head.load_state_dict(stage.mask_head.state_dict())
@@ -260,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
     save_pipeline_checkpoint(args.out, net, train_config=train_config, stage=1,
                              iteration=len(summary['history']),
                              metrics={'train_crops': summary['crops'], 'last_epoch': summary['history'][-1],
+                                      'chosen_epochs': summary['chosen'],
                                       'train_seconds': round(time.perf_counter() - began, 1)})
     print(f'[pipeline_heads] wrote {args.out}')
     return 0

@@ -11,6 +11,7 @@ the pose graph sees N > 1; `compare_graphs`), and the pose graph alone at an N o
 """
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import tempfile
@@ -143,9 +144,14 @@ def export_pipeline(net, out_path: str | os.PathLike, source: dict | None = None
     Raises:
         RuntimeError: the parity gate failed; the failed files are kept as '<name>.parity_failed.onnx'.
     """
+    from occluded_ppe_ros.model.pipeline import fold_frozen_batchnorm
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     net = net.eval()
+    # the exported graphs carry MoveNet's batch norms folded into its convs; the gate compares them with
+    # the unfolded module, so it checks the folding too
+    deployed = fold_frozen_batchnorm(copy.deepcopy(net))
     pose_name = pose_graph_name(out_path)
     images = gate_images(net.cfg.input_size)
     trace_images = torch.from_numpy(images[0][None])
@@ -153,11 +159,11 @@ def export_pipeline(net, out_path: str | os.PathLike, source: dict | None = None
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix='.export_') as work:
         work = Path(work)
         detector_tmp, pose_tmp = work / out_path.name, work / pose_name
-        _export_graph(net.detector, (trace_images,), DETECTOR_INPUTS, DETECTOR_OUTPUTS,
+        _export_graph(deployed.detector, (trace_images,), DETECTOR_INPUTS, DETECTOR_OUTPUTS,
                       {'images': {0: 'batch'}, **{name: {0: 'batch'} for name in DETECTOR_OUTPUTS}},
                       _metadata(net, 'detector', pose_name, dict(source or {})), detector_tmp)
         trace_rois = torch.tensor([[0.0, 40.0, 30.0, 200.0, 420.0]])
-        _export_graph(net.pose, (trace_images, trace_rois), POSE_INPUTS, POSE_OUTPUTS,
+        _export_graph(deployed.pose, (trace_images, trace_rois), POSE_INPUTS, POSE_OUTPUTS,
                       {'images': {0: 'batch'}, 'rois': {0: 'people'},
                        **{name: {0: 'people'} for name in POSE_OUTPUTS}},
                       _metadata(net, 'pose', pose_name, dict(source or {})), pose_tmp)
@@ -200,12 +206,17 @@ def export_pipeline(net, out_path: str | os.PathLike, source: dict | None = None
 
 
 def cached_pipeline_onnx(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The detector-graph path of a pipeline checkpoint's export, made once per checkpoint sha256."""
+    """The detector-graph path of a pipeline checkpoint's export: the shipped one beside it when it was made
+    from this very file, else one made once per checkpoint sha256 in `onnx_cache/`."""
     from occluded_ppe_ros.inference.export import _writable_dir, sha256_of
     from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint
 
     checkpoint = Path(checkpoint)
-    digest = sha256_of(checkpoint)[:16]
+    full_digest = sha256_of(checkpoint)
+    shipped = shipped_export_of(checkpoint, full_digest)
+    if shipped is not None:
+        return shipped
+    digest = full_digest[:16]
     folder = Path(cache_dir) if cache_dir else checkpoint.parent / 'onnx_cache'
     if not _writable_dir(folder):
         folder = Path(tempfile.gettempdir()) / 'occluded_ppe_onnx_cache'
@@ -214,5 +225,22 @@ def cached_pipeline_onnx(checkpoint: str | os.PathLike, cache_dir: str | os.Path
     if target.is_file() and (folder / pose_graph_name(target)).is_file():
         return target
     net, _ = pipeline_from_checkpoint(checkpoint)
-    export_pipeline(net, target, source={'checkpoint': str(checkpoint), 'sha256': sha256_of(checkpoint)})
+    export_pipeline(net, target, source={'checkpoint': str(checkpoint), 'sha256': full_digest})
     return target
+
+
+def shipped_export_of(checkpoint: Path, sha256: str) -> Path | None:
+    """`<stem>.onnx` beside the checkpoint when `ppe export` made it from exactly this file (the sha256 in
+    its metadata) and its pose graph is there too; else None (a stale or foreign export is ignored)."""
+    from occluded_ppe_ros.inference.backends.onnxruntime_backend import read_deploy_metadata
+
+    candidate = checkpoint.with_suffix('.onnx')
+    if not candidate.is_file() or not (candidate.parent / pose_graph_name(candidate)).is_file():
+        return None
+    try:
+        metadata = read_deploy_metadata(candidate)
+    except (ValueError, OSError):
+        return None
+    if metadata.pipeline.get('graph') != 'detector' or metadata.source.get('sha256') != sha256:
+        return None
+    return candidate

@@ -211,6 +211,8 @@ class MoveNetSinglePose(nn.Module):
 
         Returns:
             dict of float tensors, h = w = S / 4 (stride-4 cells):
+                'body_stride8' [N, C8, h/2, w/2]: the body's stride-8 map (C8 = 32 x width, rounded to 8:
+                    56 Thunder, 32 Lightning), read by the pipeline's mask head
                 'features' [N, 24, h, w]: the pyramid's stride-4 map that every head reads
                 'center'   [N, 1, h, w]: person-centre probability (sigmoid applied)
                 'regress'  [N, 34, h, w]: joint j's (dy, dx) from this cell as a centre (channels 2j, 2j+1)
@@ -228,6 +230,7 @@ class MoveNetSinglePose(nn.Module):
         stride4, stride8, _, stride32, stride16 = maps   # the tap (block_9, stride 16) comes last
         features, heatmap_logits = self.decoder(stride4, stride8, stride16, stride32)
         return {
+            'body_stride8': stride8,
             'features': features,
             'center': torch.sigmoid(self.center_head(features)),
             'regress': self.regress_head(features),

@@ -88,7 +88,7 @@ class PipelineConfig:
     crop_margin: float = 1.25
     crop_sampling_ratio: int = 1
     mask_resolution: int = 28
-    mask_hidden: int = 32
+    mask_hidden: int = 48
     occlusion_hidden: int = 32
     domain_hidden: int = 64
     extra: dict = field(default_factory=dict)
@@ -262,17 +262,19 @@ class DetectorStage(nn.Module):
         self.scale = DETECTOR_INPUT_SIZE / max(height, width)
         self.resized = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
 
-    def letterbox(self, images: torch.Tensor, pad: tuple[float, float, float]) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, 3, 416, 416]: resized (bilinear, half-pixel centres as cv2's INTER_LINEAR)
-        to fit, at the top-left, the rest `pad` (RGB in [0, 1])."""
-        resized = F.interpolate(images, size=self.resized, mode='bilinear', align_corners=False)
+    def resize(self, images: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> the detectors' scale (bilinear, half-pixel centres as cv2's INTER_LINEAR)."""
+        return F.interpolate(images, size=self.resized, mode='bilinear', align_corners=False)
+
+    def letterbox(self, resized: torch.Tensor, pad: tuple[float, float, float]) -> torch.Tensor:
+        """The resized images [B, 3, h, w] at the top-left of a 416 x 416 canvas, the rest `pad` (RGB)."""
         pad_h = DETECTOR_INPUT_SIZE - self.resized[0]
         pad_w = DETECTOR_INPUT_SIZE - self.resized[1]
         canvas = F.pad(resized, (0, pad_w, 0, pad_h), value=0.0)
         if pad_h or pad_w:
-            colour = torch.tensor(pad, dtype=images.dtype, device=images.device).view(1, 3, 1, 1)
-            inside = torch.zeros(1, 1, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE, dtype=images.dtype,
-                                 device=images.device)
+            colour = torch.tensor(pad, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
+            inside = torch.zeros(1, 1, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE, dtype=resized.dtype,
+                                 device=resized.device)
             inside[..., :self.resized[0], :self.resized[1]] = 1.0
             canvas = canvas + (1.0 - inside) * colour
         return canvas
@@ -288,8 +290,9 @@ class DetectorStage(nn.Module):
         height, width = images.shape[-2:]
         extent = float(DETECTOR_INPUT_SIZE * 4)
         lists, sources = [], []
+        resized = self.resize(images)          # once, shared by the detectors
         for index, (name, detector) in enumerate(self.detectors.items()):
-            boxes, scores = detector(self.letterbox(images, self.pad_colours[name]))
+            boxes, scores = detector(self.letterbox(resized, self.pad_colours[name]))
             kept = batched_top_k_nms(boxes, scores, cfg.candidates_per_detector, cfg.max_detections,
                                      cfg.detector_nms_iou, cfg.min_score, extent)
             lists.append(kept)
@@ -300,6 +303,10 @@ class DetectorStage(nn.Module):
         boxes, scores, valid = fuse_detections(boxes, scores, valid, torch.cat(sources), len(lists),
                                                cfg.fusion_iou, cfg.single_detector_factor, cfg.max_detections,
                                                extent)
+        # the single-detector factor can reorder rows: best first again
+        order = torch.where(valid, scores, torch.full_like(scores, -1.0)).argsort(dim=1, descending=True)
+        boxes = boxes.gather(1, order[..., None].expand(-1, -1, 4))
+        scores, valid = scores.gather(1, order), valid.gather(1, order)
         limits = torch.tensor([width, height, width, height], dtype=boxes.dtype, device=boxes.device)
         boxes = torch.minimum((boxes / self.scale).clamp(min=0), limits)
         labels = torch.zeros_like(scores, dtype=torch.int64)
@@ -342,9 +349,9 @@ class MaskHead(nn.Module):
 class OcclusionHead(nn.Module):
     """Per joint, the logit that it is hidden (COCO v=1 / synthetic truth) from what is seen at it.
 
-    Per joint j of person n: the pyramid features at the joint [24], its heatmap score, the visible-mask
-    probability at the joint, the heatmap's peak value, and a learned joint embedding; one small MLP
-    shared by all joints.
+    Per joint j of person n: the instance maps at the joint (PoseStage.instance_maps), its heatmap score,
+    the visible-mask probability at the joint, the heatmap's peak value, and a learned joint embedding;
+    one small MLP shared by all joints.
     """
 
     def __init__(self, feature_channels: int, hidden: int, embedding: int = 8) -> None:
@@ -397,10 +404,16 @@ class PoseStage(nn.Module):
         self.cfg = cfg
         pose_cfg = cfg.pose_config
         self.movenet = MoveNetSinglePose(pose_cfg)
-        channels = self.movenet.feature_channels
-        self.mask_head = MaskHead(channels + 17 + 1, cfg.mask_hidden)
-        self.occlusion_head = OcclusionHead(channels, cfg.occlusion_hidden)
-        self.domain_classifier = DomainClassifier(channels, cfg.domain_hidden)
+        features = self.movenet.feature_channels
+        body_stride8 = self.movenet.body.out_channels[1]
+        # what the trained heads read, per crop, at the stride-4 grid: MoveNet's pyramid features (24),
+        # keypoint heatmaps (17) and person-centre map (1) say which person the crop is about; the body's
+        # stride-8 map (people-trained, 56 / 32 channels) says what is a person; the crop's own colours
+        # (3, averaged over each cell) give the boundaries
+        self.instance_channels = features + 17 + 1 + body_stride8 + 3
+        self.mask_head = MaskHead(self.instance_channels, cfg.mask_hidden)
+        self.occlusion_head = OcclusionHead(self.instance_channels, cfg.occlusion_hidden)
+        self.domain_classifier = DomainClassifier(features, cfg.domain_hidden)
         self.register_buffer('joint_index', torch.tensor(COCO17_INDEX, dtype=torch.int64), persistent=False)
 
     def crops(self, images: torch.Tensor, rois: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -411,27 +424,44 @@ class PoseStage(nn.Module):
                           sampling_ratio=self.cfg.crop_sampling_ratio, aligned=True)
         return crops, squares
 
+    @staticmethod
+    def instance_maps(heads: dict[str, torch.Tensor], crops: torch.Tensor) -> torch.Tensor:
+        """The trained heads' input: [N, instance_channels, h, w] (see __init__ for the channels)."""
+        size = heads['features'].shape[-2:]
+        body = F.interpolate(heads['body_stride8'], size=size, mode='bilinear', align_corners=False)
+        stride = crops.shape[-1] // size[-1]
+        colours = F.avg_pool2d(crops, stride)
+        return torch.cat([heads['features'], heads['heatmap'], heads['center'], body, colours], 1)
+
+    def head_outputs(self, instance_maps: torch.Tensor, keypoints17: torch.Tensor
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The trained heads on `instance_maps` [N, C, h, w] and MoveNet's joints [N, 17, 3].
+
+        Returns:
+            mask logits [N, 1, h, w] over the crop; occlusion logits [N, 13], read where MoveNet puts
+            each joint.
+        """
+        mask_logits = self.mask_head(instance_maps)
+        heat_size = instance_maps.shape[-1]
+        joints = keypoints17.index_select(1, self.joint_index)                     # [N, 13, 3]
+        joints_cells = torch.stack([joints[..., 1], joints[..., 0]], dim=-1) * heat_size
+        joint_features = sample_at_points(instance_maps, joints_cells)             # [N, 13, C]
+        mask_at_joint = sample_at_points(torch.sigmoid(mask_logits), joints_cells)[..., 0]
+        heatmaps = instance_maps[:, self.movenet.feature_channels:self.movenet.feature_channels + 17]
+        peaks = heatmaps.flatten(2).amax(-1).index_select(1, self.joint_index)
+        return mask_logits, self.occlusion_head(joint_features, joints[..., 2], mask_at_joint, peaks)
+
     def heads(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
         """MoveNet's maps plus the trained heads' on crops [N, 3, S, S].
 
         Returns:
-            MoveNet's `forward_features` dict plus 'mask_logits' [N, 1, h, w] and 'keypoints17' [N, 17, 3]
-            (y, x normalised over the crop, score), 'joints_cells' [N, 13, 2] (x, y cells),
-            'occlusion_logits' [N, 13].
+            MoveNet's `forward_features` dict plus 'keypoints17' [N, 17, 3] (y, x normalised over the
+            crop, score), 'mask_logits' [N, 1, h, w] and 'occlusion_logits' [N, 13].
         """
         maps = self.movenet.forward_features(crops)
-        keypoints17 = self.movenet.decode(maps)
-        maps['keypoints17'] = keypoints17
-        head_input = torch.cat([maps['features'], maps['heatmap'], maps['center']], 1)
-        maps['mask_logits'] = self.mask_head(head_input)
-        heat_size = maps['heatmap'].shape[-1]
-        joints = keypoints17.index_select(1, self.joint_index)                     # [N, 13, 3]
-        joints_cells = torch.stack([joints[..., 1], joints[..., 0]], dim=-1) * heat_size
-        maps['joints_cells'] = joints_cells
-        joint_features = sample_at_points(maps['features'], joints_cells)           # [N, 13, 24]
-        mask_at_joint = sample_at_points(torch.sigmoid(maps['mask_logits']), joints_cells)[..., 0]
-        peaks = maps['heatmap'].flatten(2).amax(-1).index_select(1, self.joint_index)
-        maps['occlusion_logits'] = self.occlusion_head(joint_features, joints[..., 2], mask_at_joint, peaks)
+        maps['keypoints17'] = self.movenet.decode(maps)
+        maps['mask_logits'], maps['occlusion_logits'] = self.head_outputs(self.instance_maps(maps, crops),
+                                                                          maps['keypoints17'])
         return maps
 
     def forward(self, images: torch.Tensor, rois: torch.Tensor
@@ -499,6 +529,35 @@ class PipelineNet(nn.Module):
             masks[chosen[:, 0], chosen[:, 1]] = out_masks
         return {'boxes': boxes, 'scores': scores, 'labels': labels, 'valid': valid, 'masks': masks,
                 'keypoints': keypoints, 'keypoint_occluded': occluded}
+
+
+def fold_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """Fold every FrozenBatchNorm2d that directly follows a Conv2d (same container) into the conv, in place.
+
+    MoveNet's imported body keeps its folded TF batch norms as FrozenBatchNorm2d (a multiply and an add
+    after each conv), which ONNX Runtime runs as separate ops between the convolutions; folded, the
+    exported body is conv + clip only. Outputs are unchanged up to float rounding.
+
+    Returns:
+        `module` (changed in place: use a copy where the unfolded model is still needed).
+    """
+    from torchvision.ops.misc import FrozenBatchNorm2d
+
+    for parent in module.modules():
+        names = list(parent._modules)
+        for first, second in zip(names, names[1:]):
+            conv, norm = parent._modules[first], parent._modules[second]
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, FrozenBatchNorm2d):
+                scale = norm.weight * (norm.running_var + norm.eps).rsqrt()
+                shift = norm.bias - norm.running_mean * scale
+                with torch.no_grad():
+                    conv.weight.mul_(scale.view(-1, 1, 1, 1))
+                    if conv.bias is None:
+                        conv.bias = nn.Parameter(shift.clone())
+                    else:
+                        conv.bias.mul_(scale).add_(shift)
+                parent._modules[second] = nn.Identity()
+    return module
 
 
 def build_pipeline(cfg: PipelineConfig) -> PipelineNet:

@@ -54,7 +54,11 @@ def pipeline_from_checkpoint(path: str | Path, checkpoint: dict | None = None) -
     net = build_pipeline(cfg)
     state = {name: value.float() if value.is_floating_point() else value
              for name, value in checkpoint['model'].items()}
-    result = net.load_state_dict(state, strict=False)
+    try:
+        result = net.load_state_dict(state, strict=False)
+    except RuntimeError as error:     # shapes that do not fit (e.g. written by another version of a head)
+        first = str(error).strip().splitlines()[-1].strip()
+        raise ValueError(f'checkpoint {path} does not fit its pipeline config: {first}') from None
     if result.missing_keys or result.unexpected_keys:
         raise ValueError(f'checkpoint {path} does not fit its pipeline config: missing '
                          f'{result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}')
