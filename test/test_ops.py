@@ -432,17 +432,24 @@ def test_attention_kind_is_a_config_option_with_channel_the_default():
                 assert (model.get(section) or {}).get('attention', 'channel') == 'channel', path.name
 
 
-def test_shipped_checkpoint_keeps_its_state_dict_keys_and_channel_attention():
-    """models/ppe_default.pt (written before the option existed) builds the same modules: a strict load,
-    the same keys, channel attention (its outputs against the shipped ONNX: test_default_model.py)."""
-    from occluded_ppe_ros.model.checkpoint import model_from_checkpoint
+def test_a_checkpoint_written_before_the_attention_option_keeps_its_keys_and_channel_attention(tmp_path):
+    """A PPENet checkpoint whose config has no `attention` key (written before the option existed, as the
+    PPENet default model of 2026-11-25 was) builds channel attention and loads strictly."""
+    from occluded_ppe_ros.model.checkpoint import model_from_checkpoint, save_checkpoint
+    from occluded_ppe_ros.model.config import ModelConfig
+    from occluded_ppe_ros.model.network import build_model
 
-    checkpoint_path = Path(__file__).resolve().parents[1] / 'models' / 'ppe_default.pt'
-    stored = torch.load(checkpoint_path, map_location='cpu', weights_only=True)
-    assert 'attention' not in stored['model_config']['detection']
-    model, _ = model_from_checkpoint(checkpoint_path)
-    assert set(model.state_dict()) == set(stored['model'])
-    attentions = [m for name, m in model.named_modules() if name.endswith('.attention')]
+    config = ModelConfig.from_dict({'backbone': {'name': 'resnet18', 'pretrained_path': ''}}).to_dict()
+    for section in ('detection', 'mask'):
+        config[section].pop('attention', None)
+    model = build_model(ModelConfig.from_dict(config))
+    path = save_checkpoint(tmp_path / 'old.pt', model)
+    stored = torch.load(path, map_location='cpu', weights_only=True)
+    stored['model_config'] = config
+    torch.save(stored, path)
+    loaded, _ = model_from_checkpoint(path)
+    assert set(loaded.state_dict()) == set(stored['model'])
+    attentions = [m for name, m in loaded.named_modules() if name.endswith('.attention')]
     assert attentions and all(isinstance(m, ChannelAttention) for m in attentions)
 
 

@@ -45,7 +45,7 @@ class Predictor:
     def __init__(self, model_or_backend, *, domain: str | None = None,
                  input_size: tuple[int, int] | None = None, max_detections: int | None = None,
                  device: str = 'cpu', score_threshold: float = 0.5, keypoint_threshold: float = 0.3,
-                 mask_threshold: float = 0.5, occlusion_threshold: float = 0.5,
+                 mask_threshold: float | None = None, occlusion_threshold: float = 0.5,
                  nms_threshold: float | None = None, pad_value: float = 0.0) -> None:
         """Wrap a backend, or a PPENet (run by the torch backend).
 
@@ -86,6 +86,9 @@ class Predictor:
         self.pad_value = float(pad_value)
         self.score_threshold = self.keypoint_threshold = self.mask_threshold = self.occlusion_threshold = 0.5
         self.nms_threshold: float | None = None
+        if mask_threshold is None:
+            # the model's own cut where it states one (the pretrained pipeline's config), else 0.5
+            mask_threshold = float(getattr(model_or_backend, 'mask_threshold', 0.5))
         self.set_thresholds(score_threshold=score_threshold, keypoint_threshold=keypoint_threshold,
                             mask_threshold=mask_threshold, occlusion_threshold=occlusion_threshold,
                             nms_threshold=nms_threshold)

@@ -93,11 +93,13 @@ class PipelineBackend:
         class_names: ('person',).
         pose_min_score: boxes scoring below it get no pose pass (and come back valid = False).
         mask_resolution: M of the masks output.
+        mask_threshold: the model's own mask probability cut (its config's), the Predictor's default.
         last_pose_count: N of the last run (how many crops the pose graph saw).
     """
 
     def __init__(self, name: str, detector: GraphRunner, pose: GraphRunner, input_size: tuple[int, int],
-                 class_names: list[str], mask_resolution: int, pose_min_score: float = 0.05) -> None:
+                 class_names: list[str], mask_resolution: int, pose_min_score: float = 0.05,
+                 mask_threshold: float = 0.5) -> None:
         self.name = name
         self.detector = detector
         self.pose = pose
@@ -105,6 +107,7 @@ class PipelineBackend:
         self._class_names = list(class_names)
         self.mask_resolution = int(mask_resolution)
         self.pose_min_score = float(pose_min_score)
+        self.mask_threshold = float(mask_threshold)
         self.last_pose_count = 0
 
     @property
@@ -154,7 +157,8 @@ def pipeline_torch_backend(net, device: str = 'cpu') -> PipelineBackend:
     cfg = net.cfg
     return PipelineBackend('torch', TorchGraphRunner(net.detector, DETECTOR_INPUTS, DETECTOR_OUTPUTS, device),
                            TorchGraphRunner(net.pose, POSE_INPUTS, POSE_OUTPUTS, device),
-                           cfg.input_size, list(cfg.class_names), cfg.mask_resolution)
+                           cfg.input_size, list(cfg.class_names), cfg.mask_resolution,
+                           mask_threshold=cfg.mask_threshold)
 
 
 def pose_graph_path(detector_onnx: str | os.PathLike) -> Path:
@@ -183,7 +187,8 @@ def pipeline_onnxruntime_backend(detector_onnx: str | os.PathLike, device: str =
                            OnnxGraphRunner(detector_onnx, DETECTOR_OUTPUTS, device, intra_op_threads),
                            OnnxGraphRunner(pose_path, POSE_OUTPUTS, device, intra_op_threads),
                            metadata.input_size, metadata.class_names,
-                           int(metadata.model_config['mask_resolution']))
+                           int(metadata.model_config['mask_resolution']),
+                           mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)))
 
 
 def is_pipeline_onnx(onnx_path: str | os.PathLike) -> bool:
@@ -267,4 +272,5 @@ def pipeline_tensorrt_backend(detector_onnx: str | os.PathLike, precision: str =
                                   extra_profiles=pipeline_engine_profiles(detector_onnx))
     return PipelineBackend('tensorrt', TensorRTGraphRunner(detector_engine, DETECTOR_OUTPUTS),
                            TensorRTGraphRunner(pose_engine, POSE_OUTPUTS), metadata.input_size,
-                           metadata.class_names, int(metadata.model_config['mask_resolution']))
+                           metadata.class_names, int(metadata.model_config['mask_resolution']),
+                           mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)))
