@@ -35,8 +35,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / 'benchmarks'))
 
-import node_overhead  # noqa: E402  (sets the loopback DDS environment before rclpy is imported)
+import node_overhead  # noqa: E402
 import numpy as np  # noqa: E402
+
+from occluded_ppe_ros.ros.dds_env import apply_loopback_env  # noqa: E402
+
+# loopback-only DDS before rclpy is imported (node_overhead sets the same profile; said here explicitly so
+# this file's own safety does not hang on an import's side effect)
+DDS_ENV = apply_loopback_env('shm')
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402

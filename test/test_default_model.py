@@ -15,7 +15,7 @@ from occluded_ppe_training.datasets.splits import is_held_out
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / 'models' / 'ppe_default.pt'
 FAST_CHECKPOINT = REPO / 'models' / 'ppe_fast.pt'
-HELD_OUT_PHOTO = REPO / 'samples' / '000000000790.jpg'     # people at a table and on a street; never trained on
+HELD_OUT_PHOTO = REPO / 'samples' / '000000000790.jpg'     # people at a table and outside; never trained on
 MAX_FILE_BYTES = 50 * 1024 * 1024
 
 pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f'{CHECKPOINT} not shipped yet')

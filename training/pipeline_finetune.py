@@ -143,6 +143,14 @@ def finetune(net, source: CropSet, target: CropSet, work_dir: Path, iterations: 
     for parameter in trainable:
         parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=1e-4)
+    # MoveNet's centre and regression heads choose the person and seed each joint's search; they read the
+    # pyramid being fine-tuned, so they are held to the imported model's outputs (distillation): without
+    # this a first run moved them and the decoding picked wrong joints (held-out keypoint AP 0.370 ->
+    # 0.049 after 150 iterations)
+    # (copied before a resume loads the fine-tuned weights: the teacher is always the imported model)
+    teacher = copy.deepcopy(movenet).eval()
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
     generator = torch.Generator().manual_seed(seed)
     history: list[dict] = []
     start = 0
@@ -160,13 +168,6 @@ def finetune(net, source: CropSet, target: CropSet, work_dir: Path, iterations: 
     heat_size = movenet.cfg.heatmap_size
     stride = size / heat_size
     movenet.body.eval()          # frozen batch norm and no gradient: the body stays as imported
-    # MoveNet's centre and regression heads choose the person and seed each joint's search; they read the
-    # pyramid being fine-tuned, so they are held to the imported model's outputs (distillation): without
-    # this a first run moved them and the decoding picked wrong joints (held-out keypoint AP 0.370 ->
-    # 0.049 after 150 iterations)
-    teacher = copy.deepcopy(movenet).eval()
-    for parameter in teacher.parameters():
-        parameter.requires_grad_(False)
     began = time.perf_counter()
     for iteration in range(start, iterations):
         ratio = max_mask_ratio * min(1.0, iteration / max(1, iterations * 0.6))

@@ -62,8 +62,10 @@ def save_checkpoint(path: str | Path, model: PPENet, *, train_config: dict | Non
 
 
 def atomic_torch_save(payload: dict, path: str | Path) -> Path:
-    """torch.save into a temporary file in the target's folder, then os.replace: a reader (or a resume
-    after `kill -9`) sees the old file or the new one, never half of one."""
+    """Save `payload` with torch.save through a temporary file in the target's folder and os.replace.
+
+    A reader (or a resume after `kill -9`) sees the old file or the new one, never half of one.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent)
@@ -78,8 +80,10 @@ def atomic_torch_save(payload: dict, path: str | Path) -> Path:
 
 
 def remove_stale_checkpoint_temporaries(folder: str | Path) -> list[Path]:
-    """Delete the temporaries of checkpoint writes that never finished (a `kill -9` or power loss between
-    mkstemp and os.replace); the complete checkpoints next to them are untouched.
+    """Delete the temporaries of checkpoint writes that never finished.
+
+    They are left by a `kill -9` or power loss between mkstemp and os.replace; the complete checkpoints
+    next to them are untouched.
 
     Call it when a run starts, before anything writes into `folder`: a write in progress in another
     process would lose its temporary (two runs writing one folder is already an error).
