@@ -118,7 +118,7 @@ def heatmap_targets(joints: torch.Tensor, visibility: torch.Tensor, heat_size: i
 
 def focal_heatmap_loss(predicted: torch.Tensor, target: torch.Tensor,
                        channel_mask: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4) over the channels in channel_mask [N, 17]."""
+    """Penalty-reduced focal loss (CenterNet, alpha 2, beta 4) over the channels in channel_mask [N, 17]."""
     predicted = predicted.clamp(1e-4, 1 - 1e-4)
     positive = target.ge(0.99).float()
     positive_loss = -torch.log(predicted) * (1 - predicted) ** 2 * positive

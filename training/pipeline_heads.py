@@ -67,8 +67,11 @@ class CropSet:
 
 def jittered_boxes(box: np.ndarray, count: int, rng: np.random.Generator, scale: float = 0.15,
                    shift: float = 0.08) -> np.ndarray:
-    """`count` boxes around `box` (x1, y1, x2, y2): the first unchanged, the rest scaled by up to
-    +-`scale` and moved by up to `shift` x the box size (a detector's error on a person)."""
+    """`count` boxes around `box` (x1, y1, x2, y2).
+
+    The first unchanged, the rest scaled by up to +-`scale` and moved by up to `shift` x the box size
+    (a detector's error on a person).
+    """
     x1, y1, x2, y2 = box
     width, height = x2 - x1, y2 - y1
     out = [box]
@@ -170,8 +173,10 @@ def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:
 
 
 def validation_image(image_id: int, modulus: int = VALIDATION_MODULUS) -> bool:
-    """True for the training-split images kept out of the heads' training to pick their epochs (a hash of
-    the id independent of the held-out rule, so the held-out photos stay untouched by any choice)."""
+    """True for the training-split images kept out of the heads' training to pick their epochs.
+
+    A hash of the id independent of the held-out rule, so the held-out photos stay untouched by any choice.
+    """
     return int(hashlib.sha256(f'validation/{int(image_id)}'.encode()).hexdigest(), 16) % modulus == 0
 
 
@@ -189,7 +194,7 @@ def validation_losses(stage: PoseStage, crops: CropSet, occluded_weight: float, 
 
 def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, batch_size: int, lr: float,
                 seed: int, resume: bool, validation: CropSet | None = None, log=print) -> dict:
-    """AdamW over the mask and occlusion heads; returns the per-epoch losses.
+    """Train the mask and occlusion heads with AdamW; returns the per-epoch losses.
 
     With `validation`, each head ends at its epoch of lowest validation loss (the heads overfit the
     few training people within tens of epochs: the mask head's input has ~100 channels per cell).

@@ -484,8 +484,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _is_pipeline_checkpoint(path: str) -> bool:
-    """True for a pretrained-pipeline checkpoint (two graphs); False for PPENet or an unreadable file,
-    which `load_network` then reports."""
+    """True for a pretrained-pipeline checkpoint (two graphs); False for PPENet or an unreadable file.
+
+    An unreadable file is left for `load_network` to report.
+    """
     from occluded_ppe_ros.model.pipeline_checkpoint import checkpoint_is_pipeline
 
     try:

@@ -1,5 +1,7 @@
-"""Greedy non-maximum suppression in numpy: the one implementation of the Predictor's extra class-wise
-NMS (inference/postprocess.py) and of the CPU peers' person NMS (peers.py).
+"""Greedy non-maximum suppression in numpy.
+
+The one implementation of the Predictor's extra class-wise NMS (inference/postprocess.py) and of the
+CPU peers' person NMS (peers.py).
 
 The network's own NMS runs inside the graph (torchvision.ops.nms, exported to ONNX); this one runs on a
 handful of already decoded boxes per image, where numpy beats a round trip through torch.

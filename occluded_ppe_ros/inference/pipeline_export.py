@@ -206,8 +206,11 @@ def export_pipeline(net, out_path: str | os.PathLike, source: dict | None = None
 
 
 def cached_pipeline_onnx(checkpoint: str | os.PathLike, cache_dir: str | os.PathLike | None = None) -> Path:
-    """The detector-graph path of a pipeline checkpoint's export: the shipped one beside it when it was made
-    from this very file, else one made once per checkpoint sha256 in `onnx_cache/`."""
+    """The detector-graph path of a pipeline checkpoint's export.
+
+    The shipped one beside it when it was made from this very file, else one made once per checkpoint
+    sha256 in `onnx_cache/`.
+    """
     from occluded_ppe_ros.inference.export import _writable_dir, sha256_of
     from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint
 
@@ -230,8 +233,11 @@ def cached_pipeline_onnx(checkpoint: str | os.PathLike, cache_dir: str | os.Path
 
 
 def shipped_export_of(checkpoint: Path, sha256: str) -> Path | None:
-    """`<stem>.onnx` beside the checkpoint when `ppe export` made it from exactly this file (the sha256 in
-    its metadata) and its pose graph is there too; else None (a stale or foreign export is ignored)."""
+    """`<stem>.onnx` beside the checkpoint when `ppe export` made it from exactly this file, else None.
+
+    Exactly this file: the sha256 in its metadata matches, and its pose graph is there too (a stale or
+    foreign export is ignored).
+    """
     from occluded_ppe_ros.inference.backends.onnxruntime_backend import read_deploy_metadata
 
     candidate = checkpoint.with_suffix('.onnx')

@@ -272,8 +272,10 @@ def calibration_set_sha256(calib_dir: str | os.PathLike, max_images: int) -> str
 
 
 def fp16_route(builder_flags: object) -> str:
-    """How an fp16 engine would be built here: FP16_ROUTE_AUTOCAST/<ModelOpt version> where ModelOpt
-    AutoCast imports, else FP16_ROUTE_BUILDER_FLAG where `builder_flags` (tensorrt.BuilderFlag) has FP16.
+    """How an fp16 engine would be built here.
+
+    FP16_ROUTE_AUTOCAST/<ModelOpt version> where ModelOpt AutoCast imports, else FP16_ROUTE_BUILDER_FLAG
+    where `builder_flags` (tensorrt.BuilderFlag) has FP16.
 
     Raises:
         TensorRTUnavailableError: neither route exists (TensorRT 11 without nvidia-modelopt).
@@ -412,7 +414,14 @@ def engine_key(onnx_path: str | os.PathLike, precision: str, input_shape: tuple[
     """The cache key of an engine built from `onnx_path` (hashes the file).
 
     Args:
-        fp16_route: for fp16, `fp16_route()`; calibration_sha256: for int8, `calibration_set_sha256()`.
+        onnx_path: the ONNX file the engine is built from (hashed).
+        precision: the engine's precision.
+        input_shape: the shape of the `images` input.
+        tensorrt_version: the TensorRT version building the engine.
+        compute_capability: the GPU's (major, minor) compute capability.
+        fp16_route: for fp16, `fp16_route()`.
+        calibration_sha256: for int8, `calibration_set_sha256()`.
+        extra_profiles: (min, opt, max) shapes of inputs other than `images`, if any.
     """
     return EngineKey(tensorrt_version=str(tensorrt_version),
                      compute_capability=f'{compute_capability[0]}.{compute_capability[1]}',

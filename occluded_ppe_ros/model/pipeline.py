@@ -172,7 +172,7 @@ def _build_detector(name: str) -> tuple[nn.Module, tuple[float, float, float]]:
 
 
 def box_iou_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair: first [..., P, 4], second [..., Q, 4] (x1, y1, x2, y2) -> [..., P, Q]."""
+    """The IoU of every pair: first [..., P, 4], second [..., Q, 4] (x1, y1, x2, y2) -> [..., P, Q]."""
     area1 = ((first[..., 2] - first[..., 0]).clamp(min=0) * (first[..., 3] - first[..., 1]).clamp(min=0))
     area2 = ((second[..., 2] - second[..., 0]).clamp(min=0) * (second[..., 3] - second[..., 1]).clamp(min=0))
     top_left = torch.maximum(first[..., :, None, :2], second[..., None, :, :2])
@@ -326,7 +326,7 @@ class DetectorStage(nn.Module):
 # ----------------------------------------------------------------------------------------------------
 
 def square_rois(rois: torch.Tensor, margin: float) -> torch.Tensor:
-    """rois [N, 5] (batch index, x1, y1, x2, y2) -> the squares around them, side = margin x longer side."""
+    """Square rois [N, 5] (batch index, x1, y1, x2, y2): side = margin x longer side, same centre."""
     cx = (rois[:, 1] + rois[:, 3]) * 0.5
     cy = (rois[:, 2] + rois[:, 4]) * 0.5
     side = torch.maximum(rois[:, 3] - rois[:, 1], rois[:, 4] - rois[:, 2]).clamp(min=1.0) * margin
@@ -352,7 +352,7 @@ class MaskHead(nn.Module):
             nn.Conv2d(hidden, 1, 1))
 
     def forward(self, maps: torch.Tensor) -> torch.Tensor:
-        """maps [N, C, h, w] -> logits [N, 1, h, w]."""
+        """Map maps [N, C, h, w] -> logits [N, 1, h, w]."""
         return self.layers(maps)
 
 
@@ -389,15 +389,17 @@ class DomainClassifier(nn.Module):
 
     def forward(self, features: torch.Tensor, mask_probs: torch.Tensor,
                 reversal_scale: float) -> torch.Tensor:
-        """features [N, C, h, w], mask_probs [N, 1, h, w] -> domain logits [N] (1 = target domain)."""
+        """Map features [N, C, h, w], mask_probs [N, 1, h, w] -> domain logits [N] (1 = target domain)."""
         gated = features * mask_probs
         pooled = gated.sum((2, 3)) / mask_probs.sum((2, 3)).clamp(min=1.0)
         return self.mlp(grad_reverse(pooled, reversal_scale)).squeeze(-1)
 
 
 def sample_at_points(maps: torch.Tensor, points_cells: torch.Tensor) -> torch.Tensor:
-    """Bilinear samples of maps [N, C, h, w] at points_cells [N, J, 2] (x, y in MoveNet cell units: cell
-    (r, c) is at (c, r)) -> [N, J, C]."""
+    """Bilinear samples of maps [N, C, h, w] at points_cells [N, J, 2] -> [N, J, C].
+
+    points_cells holds x, y in MoveNet cell units: cell (r, c) is at (c, r).
+    """
     height, width = maps.shape[-2:]
     grid_x = (points_cells[..., 0] + 0.5) / width * 2.0 - 1.0
     grid_y = (points_cells[..., 1] + 0.5) / height * 2.0 - 1.0
@@ -462,7 +464,7 @@ class PoseStage(nn.Module):
         return mask_logits, self.occlusion_head(joint_features, joints[..., 2], mask_at_joint, peaks)
 
     def heads(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
-        """MoveNet's maps plus the trained heads' on crops [N, 3, S, S].
+        """Return MoveNet's maps plus the trained heads' on crops [N, 3, S, S].
 
         Returns:
             MoveNet's `forward_features` dict plus 'keypoints17' [N, 17, 3] (y, x normalised over the
@@ -476,7 +478,9 @@ class PoseStage(nn.Module):
 
     def forward(self, images: torch.Tensor, rois: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Args:
+        """Run graph 2: ROI crops -> joints, occlusion flags and visible masks.
+
+        Args:
             images: float [B, 3, H, W] RGB in [0, 1] (network input).
             rois: float [N, 5] (batch index, x1, y1, x2, y2 network-input pixels), N >= 1.
 

@@ -89,15 +89,21 @@ class PipelineStats:
             times.popleft()
 
     def _rate(self, times: collections.deque[float], now: float) -> float:
-        """Events per second in the window ending now: the events of the last rate_window_s seconds over
-        that time (over the time since reset while that is shorter, so a fresh start is not under-read)."""
+        """Events per second in the window ending now.
+
+        The events of the last rate_window_s seconds over that time (over the time since reset while that
+        is shorter, so a fresh start is not under-read).
+        """
         self._forget_before(times, now - self.rate_window_s)
         span = min(self.rate_window_s, now - self._since)
         return len(times) / span if span > 0 else 0.0
 
     def summary(self) -> dict[str, float | int | str]:
-        """Snapshot: '<stage>_ms_mean', '<stage>_ms_max', 'total_ms_mean', 'age_ms_max', counters, and
-        'input_rate_hz' / 'processed_rate_hz' over the last 'rate_window_s' seconds."""
+        """Snapshot of the statistics.
+
+        '<stage>_ms_mean', '<stage>_ms_max', 'total_ms_mean', 'age_ms_max', counters, and
+        'input_rate_hz' / 'processed_rate_hz' over the last 'rate_window_s' seconds.
+        """
         with self._lock:
             values: dict[str, float | int | str] = {}
             for stage in STAGES:

@@ -154,7 +154,7 @@ class TrackedFrame:
 
 
 def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """IoU of every pair: float [A, 4] x [B, 4] x1, y1, x2, y2 -> float64 [A, B] (0 for empty boxes)."""
+    """The IoU of every pair: float [A, 4] x [B, 4] x1, y1, x2, y2 -> float64 [A, B] (0 for empty boxes)."""
     first = np.asarray(first, np.float64).reshape(-1, 4)
     second = np.asarray(second, np.float64).reshape(-1, 4)
     top_left = np.maximum(first[:, None, :2], second[None, :, :2])
@@ -377,16 +377,19 @@ class PedestrianTracker:
                 np.concatenate(matched_detections).astype(np.int64))
 
     def _cut_by_border(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
-        """bool [N]: boxes [N, 4] (pixels) within border_margin_px of an edge of the image (rows, cols)."""
+        """Flag (bool [N]) boxes [N, 4] (pixels) within border_margin_px of an image edge (rows, cols)."""
         rows, cols = image_size
         margin = self.config.border_margin_px
         return ((boxes[:, 0] <= margin) | (boxes[:, 1] <= margin)
                 | (boxes[:, 2] >= cols - margin) | (boxes[:, 3] >= rows - margin))
 
     def centre_distance(self, boxes: np.ndarray) -> np.ndarray:
-        """Squared Mahalanobis distance float64 [T, D] of each detection's box centre (boxes [D, 4] pixels)
-        from each live track's predicted centre, under the track's centre covariance plus the measurement
-        noise: chi-square with 2 degrees of freedom for the track's own person."""
+        """Squared Mahalanobis distance float64 [T, D] of each detection's box centre from each track's.
+
+        Each detection's box centre (boxes [D, 4] pixels) from each live track's predicted centre, under the
+        track's centre covariance plus the measurement noise: chi-square with 2 degrees of freedom for the
+        track's own person.
+        """
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
         noise_var = (self.config.noise.measurement_std * np.maximum(self._state[:, 3], 1.0)) ** 2
         sxx = self._covariance[:, 0, 0] + noise_var

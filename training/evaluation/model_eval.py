@@ -211,7 +211,8 @@ def parity_failures(report: ParityReport, score_threshold: float,
     Args:
         report: compare_predictions' result.
         score_threshold: the predictors' detection score threshold (--min-score).
-        pixel_tolerance, score_tolerance: the largest differences allowed.
+        pixel_tolerance: the largest position difference allowed (pixels).
+        score_tolerance: the largest score difference allowed.
     """
     failures = []
     for value, tolerance, what, unit in (

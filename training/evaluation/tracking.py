@@ -81,14 +81,14 @@ class TrackingScores:
 
 
 def _iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """IoU [A, B] of MOTChallenge rows' boxes (left, top, width, height in columns 2-5)."""
+    """The IoU [A, B] of MOTChallenge rows' boxes (left, top, width, height in columns 2-5)."""
     def corners(rows: np.ndarray) -> np.ndarray:
         return np.concatenate([rows[:, 2:4], rows[:, 2:4] + rows[:, 4:6]], axis=1)
     return box_iou(corners(first), corners(second))
 
 
 def iou_distances(truth: np.ndarray, output: np.ndarray, iou_threshold: float) -> np.ndarray:
-    """motmetrics' distance matrix [A, B]: 1 - IoU, NaN (no match) below the IoU threshold.
+    """The motmetrics distance matrix [A, B]: 1 - IoU, NaN (no match) below the IoU threshold.
 
     The same as `motmetrics.distances.iou_matrix(..., max_iou=1 - iou_threshold)`, which motmetrics 1.4.0
     cannot run on NumPy 2 (it calls the removed np.asfarray).
@@ -184,7 +184,7 @@ def evaluate_sequences(pairs: list[tuple[str, np.ndarray, np.ndarray, float]], m
 
 
 def read_frame_rate(sequence_dir: Path, default: float = 30.0) -> float:
-    """frameRate from a MOTChallenge seqinfo.ini (default when there is none)."""
+    """Read frameRate from a MOTChallenge seqinfo.ini (default when there is none)."""
     info = sequence_dir / 'seqinfo.ini'
     if info.is_file():
         for line in info.read_text().splitlines():

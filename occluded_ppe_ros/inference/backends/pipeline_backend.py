@@ -199,8 +199,10 @@ def is_pipeline_onnx(onnx_path: str | os.PathLike) -> bool:
 
 
 class TensorRTGraphRunner:
-    """A serialized TensorRT engine with named inputs of any shape its profile allows (name-based API:
-    get_tensor_name / set_input_shape / set_tensor_address / execute_async_v3)."""
+    """A serialized TensorRT engine with named inputs of any shape its profile allows.
+
+    Name-based API: get_tensor_name / set_input_shape / set_tensor_address / execute_async_v3.
+    """
 
     def __init__(self, engine_path: str | os.PathLike, output_names: tuple[str, ...]) -> None:
         import torch
