@@ -59,7 +59,10 @@ class PipelineConfig:
         input_height: network input height in pixels (the Predictor letterboxes every image into it).
         input_width: network input width in pixels.
         class_names: ('person',): the detectors' COCO person class.
-        candidates_per_detector: top-scoring anchor points each detector keeps before its NMS.
+        candidates_per_detector: top-scoring anchor points each detector keeps before its NMS. Large: a
+            detector fires on 10-20 anchors per person, so 100 candidates covered only the best few
+            people of a crowded photo (box AP50 on the training split 0.577 with 100, the NanoDet peer,
+            which keeps every candidate, 0.587).
         detector_nms_iou: per-detector NMS IoU.
         fusion_iou: boxes of different detectors overlapping more than this are one person (weighted
             box fusion); also the IoU of the NMS over the fused list.
@@ -85,7 +88,7 @@ class PipelineConfig:
     input_height: int = 640
     input_width: int = 640
     class_names: tuple[str, ...] = ('person',)
-    candidates_per_detector: int = 100
+    candidates_per_detector: int = 1000
     detector_nms_iou: float = 0.6
     fusion_iou: float = 0.55
     single_detector_factor: float = 0.7
