@@ -39,6 +39,7 @@ from occluded_ppe_ros.ros.dds_env import apply_loopback_env  # noqa: E402
 
 DDS_ENV = apply_loopback_env('shm')  # before rclpy is imported
 
+import cv2
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
@@ -172,7 +173,9 @@ def measure(executor, checkpoint: Path, width: int, height: int, output_set: str
     listener = Listener({topic: OUTPUTS[topic] for topic in topics})
     executor.add_node(listener)
     node = start_node(checkpoint)
-    pixels = np.random.default_rng(width).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    # a real photo with people (samples/, resized to the frame size): random noise holds no person for the
+    # pretrained pipeline, so the per-person outputs (poses, masks, markers) would go unexercised
+    pixels = cv2.resize(cv2.imread(str(REPO / 'samples' / '000000000790.jpg')), (width, height))
     try:
         ready = wait_for(lambda: listener.count_subscribers('/image') > 0
                          and all(listener.count_publishers(f'/{t}') > 0 for t in topics), 120.0)
