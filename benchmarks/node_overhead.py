@@ -39,7 +39,7 @@ from occluded_ppe_ros.ros.dds_env import apply_loopback_env  # noqa: E402
 
 DDS_ENV = apply_loopback_env('shm')  # before rclpy is imported
 
-import cv2
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import rclpy  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
