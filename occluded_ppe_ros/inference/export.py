@@ -192,16 +192,23 @@ def export_onnx(deploy: torch.nn.Module, metadata: DeployMetadata, out_path: str
         for dim, size in list(zip(graph_output.type.tensor_type.shape.dim, value.shape))[1:]:
             dim.Clear()
             dim.dim_value = int(size)
+    save_with_metadata(model, metadata, out_path)
+    LOG.info('exported %s in %.1f s (opset %d, %s batch)', out_path, time.perf_counter() - started, opset,
+             'symbolic' if dynamic_batch else 'fixed')
+    return out_path
+
+
+def save_with_metadata(model, metadata: DeployMetadata, path: str | os.PathLike) -> None:
+    """Replace an ONNX model's metadata_props with `metadata`, check the model and save it at `path`."""
+    import onnx
+
     del model.metadata_props[:]
     for key, value in metadata.to_metadata_props().items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value
     model.producer_name = 'occluded_ppe_ros'
     onnx.checker.check_model(model)
-    onnx.save(model, str(out_path))
-    LOG.info('exported %s in %.1f s (opset %d, %s batch)', out_path, time.perf_counter() - started, opset,
-             'symbolic' if dynamic_batch else 'fixed')
-    return out_path
+    onnx.save(model, str(path))
 
 
 def describe_onnx_io(onnx_path: str | os.PathLike) -> list[str]:

@@ -75,14 +75,9 @@ def _export_graph(module: torch.nn.Module, example: tuple[torch.Tensor, ...], in
         torch.onnx.export(module, example, str(path), dynamo=False, opset_version=OPSET,
                           input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
-    model = onnx.load(str(path))
-    del model.metadata_props[:]
-    for key, value in metadata.to_metadata_props().items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    model.producer_name = 'occluded_ppe_ros'
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+    from occluded_ppe_ros.inference.export import save_with_metadata
+
+    save_with_metadata(onnx.load(str(path)), metadata, path)
 
 
 def compare_graphs(reference: PipelineBackend, candidate: PipelineBackend, batches: list[np.ndarray]
