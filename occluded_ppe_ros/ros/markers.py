@@ -88,6 +88,39 @@ def _points(xyz: np.ndarray) -> list[Point]:
     return [Point(x=x, y=y, z=z) for x, y, z in xyz.tolist()]
 
 
+def _marker_pair(header: Header, marker_id: int, color: ColorRGBA, joint_diameter_m: float,
+                 limb_width_m: float) -> tuple[Marker, Marker]:
+    """An empty joint SPHERE_LIST (ns ppe_joints) and limb LINE_LIST (ns ppe_limbs) with id `marker_id`."""
+    joints = Marker(header=header, ns=JOINT_NAMESPACE, id=marker_id, type=Marker.SPHERE_LIST,
+                    action=Marker.ADD, color=color)
+    joints.pose.orientation.w = 1.0
+    joints.scale.x = joints.scale.y = joints.scale.z = float(joint_diameter_m)
+    limbs = Marker(header=header, ns=LIMB_NAMESPACE, id=marker_id, type=Marker.LINE_LIST,
+                   action=Marker.ADD, color=color)
+    limbs.pose.orientation.w = 1.0
+    limbs.scale.x = float(limb_width_m)
+    return joints, limbs
+
+
+def _add_skeleton(joints: Marker, limbs: Marker, points: list[Point], states: np.ndarray,
+                  joint_colors: tuple[ColorRGBA, ColorRGBA],
+                  limb_colors: tuple[ColorRGBA, ColorRGBA]) -> None:
+    """Append one pedestrian's drawn joints and limbs to the two markers.
+
+    Colours are (visible, occluded) pairs; a limb counts as occluded when either end is. Joints that are
+    NOT_PRESENT, and limbs with such an end, are left out.
+    """
+    for joint in np.flatnonzero(states != STATE_NOT_PRESENT):
+        joints.points.append(points[joint])
+        joints.colors.append(joint_colors[1] if states[joint] == STATE_OCCLUDED else joint_colors[0])
+    for first, second in LIMBS:
+        if STATE_NOT_PRESENT in (states[first], states[second]):
+            continue
+        color = limb_colors[1] if STATE_OCCLUDED in (states[first], states[second]) else limb_colors[0]
+        limbs.points.extend([points[first], points[second]])
+        limbs.colors.extend([color, color])
+
+
 def skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsics: Intrinsics,
                      depth: float, keypoint_threshold: float, joint_diameter_px: float = 8.0,
                      limb_width_px: float = 3.0) -> MarkerArray:
@@ -114,28 +147,14 @@ def skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsi
     message = MarkerArray()
     message.markers.append(Marker(header=header, action=Marker.DELETEALL))
     visible, occluded = _color(VISIBLE_COLOR), _color(OCCLUDED_COLOR)
-    joints = Marker(header=header, ns=JOINT_NAMESPACE, id=0, type=Marker.SPHERE_LIST, action=Marker.ADD,
-                    color=visible)
-    joints.pose.orientation.w = 1.0
-    joints.scale.x = joints.scale.y = joints.scale.z = float(joint_diameter_px * metres_per_pixel)
-    limbs = Marker(header=header, ns=LIMB_NAMESPACE, id=0, type=Marker.LINE_LIST, action=Marker.ADD,
-                   color=visible)
-    limbs.pose.orientation.w = 1.0
-    limbs.scale.x = float(limb_width_px * metres_per_pixel)
+    joints, limbs = _marker_pair(header, 0, visible, joint_diameter_px * metres_per_pixel,
+                                 limb_width_px * metres_per_pixel)
     for pedestrian in pedestrians:
         states = keypoint_states(pedestrian.keypoint_scores, pedestrian.keypoint_occluded, keypoint_threshold)
         if not states.any():
             continue
         points = _points(back_project(pedestrian.keypoints, intrinsics, depth))
-        for joint in np.flatnonzero(states != STATE_NOT_PRESENT):
-            joints.points.append(points[joint])
-            joints.colors.append(occluded if states[joint] == STATE_OCCLUDED else visible)
-        for first, second in LIMBS:
-            if STATE_NOT_PRESENT in (states[first], states[second]):
-                continue
-            color = occluded if STATE_OCCLUDED in (states[first], states[second]) else visible
-            limbs.points.extend([points[first], points[second]])
-            limbs.colors.extend([color, color])
+        _add_skeleton(joints, limbs, points, states, (visible, occluded), (visible, occluded))
     for marker in (joints, limbs):
         if marker.points:
             message.markers.append(marker)
@@ -195,24 +214,10 @@ def track_skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, in
         track_id = int(pedestrian.track_id)
         own = _color(track_color(track_id))
         faded = ColorRGBA(r=own.r, g=own.g, b=own.b, a=float(occluded_alpha))
-        joints = Marker(header=header, ns=JOINT_NAMESPACE, id=track_id, type=Marker.SPHERE_LIST,
-                        action=Marker.ADD, color=own)
-        joints.pose.orientation.w = 1.0
-        joints.scale.x = joints.scale.y = joints.scale.z = float(joint_diameter_px * metres_per_pixel)
-        limbs = Marker(header=header, ns=LIMB_NAMESPACE, id=track_id, type=Marker.LINE_LIST,
-                       action=Marker.ADD, color=own)
-        limbs.pose.orientation.w = 1.0
-        limbs.scale.x = float(limb_width_px * metres_per_pixel)
+        joints, limbs = _marker_pair(header, track_id, own, joint_diameter_px * metres_per_pixel,
+                                     limb_width_px * metres_per_pixel)
         points = _points(back_project(pedestrian.keypoints, intrinsics, depth))
-        for joint in np.flatnonzero(states != STATE_NOT_PRESENT):
-            joints.points.append(points[joint])
-            joints.colors.append(occluded if states[joint] == STATE_OCCLUDED else visible)
-        for first, second in LIMBS:
-            if STATE_NOT_PRESENT in (states[first], states[second]):
-                continue
-            color = faded if STATE_OCCLUDED in (states[first], states[second]) else own
-            limbs.points.extend([points[first], points[second]])
-            limbs.colors.extend([color, color])
+        _add_skeleton(joints, limbs, points, states, (visible, occluded), (own, faded))
         for marker in (joints, limbs):
             if marker.points:
                 message.markers.append(marker)
