@@ -42,7 +42,7 @@ from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint,
 from occluded_ppe_ros.skeleton import COCO17_INDEX
 from occluded_ppe_training.datasets.coco import CocoPersonKeypoints
 from occluded_ppe_training.datasets.splits import in_split
-from occluded_ppe_training.pipeline_heads import CropSet, build_crop_set
+from occluded_ppe_training.pipeline_heads import CropSet, build_crop_set, read_resume_state
 
 FINETUNE_FORMAT = 'occluded_ppe/pipeline_finetune/1'
 
@@ -156,9 +156,7 @@ def finetune(net, source: CropSet, target: CropSet, work_dir: Path, iterations: 
     start = 0
     last = work_dir / 'last.pt'
     if resume and last.is_file():
-        state = torch.load(last, map_location='cpu', weights_only=True)
-        if state.get('format') != FINETUNE_FORMAT:
-            raise ValueError(f'{last}: format {state.get("format")!r}, expected {FINETUNE_FORMAT!r}')
+        state = read_resume_state(last, FINETUNE_FORMAT)
         net.load_state_dict(state['model'])
         optimizer.load_state_dict(state['optimizer'])
         generator.set_state(state['generator'])

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
 
+from occluded_ppe_ros.model.checkpoint import atomic_torch_save
 from occluded_ppe_ros.model.pipeline import PipelineConfig, PoseStage
 from occluded_ppe_ros.skeleton import FLIP_PERMUTATION
 from occluded_ppe_training.datasets.coco import CocoPersonKeypoints
@@ -160,11 +161,12 @@ def head_losses(stage: PoseStage, crops: CropSet, index: torch.Tensor, occluded_
     return {'loss_mask': loss_mask, 'loss_occlusion': loss_occlusion}
 
 
-def save_atomically(payload: dict, path: Path) -> None:
-    """torch.save through a temporary file in the same folder and os.replace (a kill leaves last.pt whole)."""
-    from occluded_ppe_ros.model.checkpoint import atomic_torch_save
-
-    atomic_torch_save(payload, path)
+def read_resume_state(path: Path, expected_format: str) -> dict:
+    """The state a run saved in `path` (its `last.pt`), after checking it is this trainer's format."""
+    state = torch.load(path, map_location='cpu', weights_only=True)
+    if state.get('format') != expected_format:
+        raise ValueError(f'{path}: format {state.get("format")!r}, expected {expected_format!r}')
+    return state
 
 
 def cosine_learning_rate(base: float, epoch: int, epochs: int) -> float:
@@ -213,9 +215,7 @@ def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, b
     start_epoch = 0
     last = work_dir / 'last.pt'
     if resume and last.is_file():
-        state = torch.load(last, map_location='cpu', weights_only=True)
-        if state.get('format') != HEAD_CHECKPOINT_FORMAT:
-            raise ValueError(f'{last}: format {state.get("format")!r}, expected {HEAD_CHECKPOINT_FORMAT!r}')
+        state = read_resume_state(last, HEAD_CHECKPOINT_FORMAT)
         stage.mask_head.load_state_dict(state['mask_head'])
         stage.occlusion_head.load_state_dict(state['occlusion_head'])
         optimizer.load_state_dict(state['optimizer'])
@@ -253,12 +253,12 @@ def train_heads(stage: PoseStage, crops: CropSet, work_dir: Path, epochs: int, b
                     best[name] = (checked[key], epoch + 1, copy.deepcopy(getattr(stage, name).state_dict()))
         history.append(record)
         log(f'[pipeline_heads] {json.dumps(record)}')
-        save_atomically({'format': HEAD_CHECKPOINT_FORMAT, 'mask_head': stage.mask_head.state_dict(),
-                         'occlusion_head': stage.occlusion_head.state_dict(),
-                         'optimizer': optimizer.state_dict(),
-                         'rng': torch.get_rng_state(), 'epoch': epoch + 1, 'history': history,
-                         'best': {name: [loss, at, weights] for name, (loss, at, weights) in best.items()}},
-                        last)
+        atomic_torch_save({'format': HEAD_CHECKPOINT_FORMAT, 'mask_head': stage.mask_head.state_dict(),
+                           'occlusion_head': stage.occlusion_head.state_dict(),
+                           'optimizer': optimizer.state_dict(),
+                           'rng': torch.get_rng_state(), 'epoch': epoch + 1, 'history': history,
+                           'best': {name: [loss, at, weights] for name, (loss, at, weights) in best.items()}},
+                          last)
     chosen = {}
     if validation is not None:
         for name, (loss, at, weights) in best.items():
