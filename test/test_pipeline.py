@@ -231,16 +231,19 @@ def test_fuse_detections_factor_only_where_one_detector_found_the_person():
 
 
 def test_fuse_detections_with_one_detector_is_the_identity_on_nms_ed_rows():
-    """One detector whose rows are already NMS-ed (pairwise IoU <= fusion_iou), best first: the same
-    rows come back, unfused and unscaled; invalid rows (garbage scores) stay out."""
+    """One detector whose rows are already NMS-ed by the detector (pairwise IoU <= detector_nms_iou 0.6),
+    best first: the same rows come back, unfused and unscaled, also two people whose boxes overlap by
+    0.58 (above fusion_iou 0.55: a second NMS there dropped one of them); invalid rows stay out."""
     rng = np.random.default_rng(5)
-    boxes, scores = [], []
+    boxes = [[100.0, 100.0, 150.0, 220.0], [113.3, 100.0, 163.3, 220.0]]      # IoU 36.7 / 63.3 = 0.58
+    assert 0.55 < py_iou(boxes[0], boxes[1]) < 0.6
+    scores = [0.9, 0.8]
     while len(boxes) < 6:
-        x, y = rng.uniform(0, 300, 2)
+        x, y = rng.uniform(200, 500, 2)
         box = [x, y, x + rng.uniform(20, 90), y + rng.uniform(40, 160)]
-        if all(py_iou(box, other) <= 0.55 for other in boxes):
+        if all(py_iou(box, other) <= 0.6 for other in boxes):
             boxes.append(box)
-            scores.append(float(rng.uniform(0.05, 1.0)))
+            scores.append(float(rng.uniform(0.05, 0.7)))
     order = np.argsort(-np.array(scores))
     boxes = np.array(boxes, np.float32)[order]
     scores = np.array(scores, np.float32)[order]

@@ -31,6 +31,7 @@ import torch
 
 from occluded_ppe_ros.inference.backends.onnxruntime_backend import (INPUT_NAME, OUTPUT_NAMES,
                                                                       DeployMetadata)
+from occluded_ppe_ros.inference.onnx_passes import fold_pads_into_convs
 from occluded_ppe_ros.model.config import DOMAINS, ModelConfig
 
 LOG = logging.getLogger('ppe.export')
@@ -192,6 +193,7 @@ def export_onnx(deploy: torch.nn.Module, metadata: DeployMetadata, out_path: str
         for dim, size in list(zip(graph_output.type.tensor_type.shape.dim, value.shape))[1:]:
             dim.Clear()
             dim.dim_value = int(size)
+    fold_pads_into_convs(model)
     save_with_metadata(model, metadata, out_path)
     LOG.info('exported %s in %.1f s (opset %d, %s batch)', out_path, time.perf_counter() - started, opset,
              'symbolic' if dynamic_batch else 'fixed')

@@ -76,8 +76,12 @@ def _export_graph(module: torch.nn.Module, example: tuple[torch.Tensor, ...], in
                           input_names=list(input_names), output_names=list(output_names),
                           dynamic_axes=dynamic_axes, do_constant_folding=True)
     from occluded_ppe_ros.inference.export import save_with_metadata
+    from occluded_ppe_ros.inference.onnx_passes import fold_pads_into_convs
 
-    save_with_metadata(onnx.load(str(path)), metadata, path)
+    model = onnx.load(str(path))
+    folded = fold_pads_into_convs(model)   # MoveNet's TF 'SAME' pads: see onnx_passes
+    LOG.debug('%s: %d Pad nodes folded into their Conv', path.name, folded)
+    save_with_metadata(model, metadata, path)
 
 
 def compare_graphs(reference: PipelineBackend, candidate: PipelineBackend, batches: list[np.ndarray]

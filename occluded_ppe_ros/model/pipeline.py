@@ -241,10 +241,12 @@ def fuse_detections(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tens
         boxes float [B, K, 4], scores float [B, K], valid bool [B, K].
     """
     masked_scores = torch.where(valid, scores, torch.zeros_like(scores))
+    if num_sources == 1:
+        # the detector's own NMS (detector_nms_iou) already ran: a second one at fusion_iou would drop
+        # people standing close together whose boxes overlap between the two thresholds
+        return boxes[:, :keep], masked_scores[:, :keep], valid[:, :keep]
     lead_boxes, lead_scores, lead_valid = batched_top_k_nms(boxes, masked_scores, boxes.shape[1], keep,
                                                             fusion_iou, 1e-6, extent)
-    if num_sources == 1:
-        return lead_boxes, lead_scores, lead_valid
     overlap = box_iou_matrix(lead_boxes, boxes)                                 # [B, K, P]
     member = (overlap > fusion_iou) & valid[:, None, :] & lead_valid[..., None]
     weights = torch.where(member, masked_scores[:, None, :], torch.zeros_like(overlap))
