@@ -14,11 +14,17 @@ Per frame:
    tolerances, widened by the track's position uncertainty so that a long-coasting track still finds its
    person near the predicted place); pairs below `min_similarity`, pairs whose box centres lie outside
    the track's Kalman gate (`gate_probability`, squared Mahalanobis distance) and pairs whose heights
-   differ by more than `max_height_ratio` (except at the image border) are never matched. One global
+   differ by more than `max_height_ratio` (except at the image border) are never matched. The
+   assignment maximises the similarity blended with a height consistency term (`height_weight`): a
+   person's amodal height barely changes while hidden, their width swings with the stride. One global
    assignment for the confirmed tracks (`min_hits` matches), coasting or not, then one for the
-   unconfirmed tracks with the detections left. A coasting track keeps its last box size;
-4. a matched track is corrected by the detection's box; an unmatched detection starts a new track with
-   the next id (ids are never re-used by another person).
+   unconfirmed tracks with the detections left. A coasting track keeps its last box size, and one whose
+   last box was cut by the left or right image border coasts at the speed of the box's free edge (the
+   cut box's centre moves at half the person's speed);
+4. a matched track is corrected by the detection's box; one that had missed frames is re-filtered along
+   a straight virtual path from its last match to the new box (OC-SORT's observation-centric re-update,
+   `reupdate_steps`), so the velocity it leaves the occlusion with is the one it had behind it. An
+   unmatched detection starts a new track with the next id (ids are never re-used by another person).
 
 Each track also remembers where each joint sits relative to its box when the joint is seen (visible).
 While a joint is hidden (`keypoint_occluded`), its position is carried forward from that offset on the
@@ -82,6 +88,16 @@ class TrackerConfig:
         carry_occluded_joints: replace a joint flagged occluded by the track's carried-forward position of
             it (where it was last seen, relative to the box), when the track has seen it within
             max_coast_s.
+        height_weight: share of the height consistency in the score the assignment maximises, [0, 1]:
+            score = (1 - height_weight) x similarity + height_weight x exp(-ln(h_det / h_track)^2 /
+            (2 height_std^2)), 1 for pairs at the image border. A person's amodal height hardly changes
+            over a second of occlusion while their width swings with the stride, so among the tracks
+            coasting near a reappearing person the one of their size wins.
+        height_std: std of ln(detected / tracked height) for the same person (> 0); 0.1 = 10 %.
+        reupdate_steps: observation-centric re-update (OC-SORT's ORU): a track matched again after
+            missing frames is re-filtered from its last match along a straight virtual path to the new
+            box in this many steps (at most one per missed frame), so that its velocity is that of the
+            path it took while hidden, not the coasting guess; 0 = off (one plain Kalman update).
         noise: the Kalman filter's noise levels.
     """
 
@@ -97,6 +113,9 @@ class TrackerConfig:
     noise: MotionNoise = field(default_factory=MotionNoise)
     gate_probability: float = 0.9999
     border_margin_px: float = 2.0
+    height_weight: float = 0.2
+    height_std: float = 0.1
+    reupdate_steps: int = 4
 
     def __post_init__(self) -> None:
         if not self.max_coast_s >= 0.0:
@@ -111,6 +130,12 @@ class TrackerConfig:
             raise ValueError(f'gate_probability must be in (0, 1], got {self.gate_probability}')
         if not self.keypoint_tolerance > 0.0:
             raise ValueError(f'keypoint_tolerance must be > 0, got {self.keypoint_tolerance}')
+        if not 0.0 <= self.height_weight <= 1.0:
+            raise ValueError(f'height_weight must be in [0, 1], got {self.height_weight}')
+        if not self.height_std > 0.0:
+            raise ValueError(f'height_std must be > 0, got {self.height_std}')
+        if not (isinstance(self.reupdate_steps, int) and self.reupdate_steps >= 0):
+            raise ValueError(f'reupdate_steps must be an integer >= 0, got {self.reupdate_steps}')
 
     @classmethod
     def from_parameters(cls, values: dict[str, Any]) -> TrackerConfig:
@@ -189,6 +214,12 @@ class PedestrianTracker:
         # Joint offsets from the box centre in box sizes ([T, 13, 2]), and when each was last seen.
         self._joint_offsets = np.zeros((0, NUM_KEYPOINTS, 2))
         self._joint_seen = np.full((0, NUM_KEYPOINTS), -np.inf)
+        # The filter right after the last match (state, covariance), that match's measurement, and whether
+        # its box was cut by the left (1) or right (-1) image border (`_horizontal_cut`).
+        self._obs_state = np.zeros((0, kalman.STATE_SIZE))
+        self._obs_covariance = np.zeros((0, kalman.STATE_SIZE, kalman.STATE_SIZE))
+        self._obs_measurement = np.zeros((0, kalman.MEASUREMENT_SIZE))
+        self._obs_cut = np.zeros(0)
 
     def reset(self) -> list[int]:
         """End every track (the id counter keeps counting, so ids stay unique); returns the ended ids."""
@@ -211,6 +242,10 @@ class PedestrianTracker:
         self._missed = self._missed[rows]
         self._joint_offsets = self._joint_offsets[rows]
         self._joint_seen = self._joint_seen[rows]
+        self._obs_state = self._obs_state[rows]
+        self._obs_covariance = self._obs_covariance[rows]
+        self._obs_measurement = self._obs_measurement[rows]
+        self._obs_cut = self._obs_cut[rows]
 
     def update(self, pedestrians: Sequence[Pedestrian], stamp_s: float,
                image_size: tuple[int, int] | None = None) -> TrackedFrame:
@@ -261,6 +296,10 @@ class PedestrianTracker:
             # and its rate, extrapolated over a second of occlusion, would grow or shrink the box until it
             # matches nobody (or somebody else). So sizes follow their rates for at most
             # _SIZE_RATE_HORIZON_S of a step, and not at all once a track has missed a frame.
+            # A box cut by the left or right image border moves at half its person's speed (one edge
+            # stays on the border): a track that loses such a box coasts at the speed of its free edge.
+            first_miss = (self._missed == 1) & (self._obs_cut != 0)
+            self._state[first_miss, 4] += self._obs_cut[first_miss] * self._state[first_miss, 6] / 2.0
             self._state[self._missed > 0, 6:8] = 0.0
             sizes = self._state[:, 2:4] + self._state[:, 6:8] * min(dt, _SIZE_RATE_HORIZON_S)
             self._state, self._covariance = kalman.predict(self._state, self._covariance, dt, config.noise)
@@ -281,9 +320,16 @@ class PedestrianTracker:
         track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded, image_size)
         track_ids = np.zeros(count, np.int64)
         if len(track_rows):
+            measurements = kalman.boxes_to_measurements(boxes[detection_rows])
             self._state[track_rows], self._covariance[track_rows] = kalman.update(
-                self._state[track_rows], self._covariance[track_rows],
-                kalman.boxes_to_measurements(boxes[detection_rows]), config.noise)
+                self._state[track_rows], self._covariance[track_rows], measurements, config.noise)
+            if config.reupdate_steps > 0:
+                self._reupdate(track_rows, measurements, stamp_s)  # tracks that missed frames
+            self._obs_state[track_rows] = self._state[track_rows]
+            self._obs_covariance[track_rows] = self._covariance[track_rows]
+            self._obs_measurement[track_rows] = measurements
+            if image_size is not None:
+                self._obs_cut[track_rows] = self._horizontal_cut(boxes[detection_rows], image_size)
             self._last_matched[track_rows] = stamp_s
             self._hits[track_rows] += 1
             track_ids[detection_rows] = self.ids[track_rows]
@@ -294,6 +340,8 @@ class PedestrianTracker:
         new_rows = np.flatnonzero(unmatched)
         if len(new_rows):
             self._start_tracks(boxes[new_rows], stamp_s)
+            if image_size is not None:
+                self._obs_cut[-len(new_rows):] = self._horizontal_cut(boxes[new_rows], image_size)
             track_ids[new_rows] = self.ids[-len(new_rows):]
             track_rows = np.concatenate([track_rows, np.arange(len(self.ids) - len(new_rows), len(self.ids))])
             detection_rows = np.concatenate([detection_rows, new_rows])
@@ -308,8 +356,10 @@ class PedestrianTracker:
 
         iou_weight x IoU + (1 - iou_weight) x KS, where KS is an OKS over the joints the detection found
         and the track has seen: mean of exp(-d^2 / (2 t^2)) weighted by the detection's joint weights, with
-        t^2 = area x (2 sigma_j x keypoint_tolerance)^2 + the track's centre variance (pixels^2). Without
-        such joints KS = IoU.
+        t^2 = area x (2 sigma_j x keypoint_tolerance)^2 (pixels^2). Without such joints KS = IoU. The
+        tolerance is not widened by the track's position uncertainty: that made every detection near a
+        coasting track look like its person (the one walking in front of it too); the motion gate is
+        where the uncertainty counts.
         """
         config = self.config
         iou = box_iou(kalman.states_to_boxes(self._state), boxes)
@@ -322,8 +372,7 @@ class PedestrianTracker:
                    + (track_joints[:, None, :, 1] - keypoints[None, :, :, 1]) ** 2)  # [T, D, 13]
         area = np.clip(boxes[:, 2] - boxes[:, 0], 1.0, None) * np.clip(boxes[:, 3] - boxes[:, 1], 1.0, None)
         joint_tolerance = (2.0 * OKS_SIGMAS * config.keypoint_tolerance) ** 2  # [13]
-        centre_variance = (self._covariance[:, 0, 0] + self._covariance[:, 1, 1]) / 2.0  # [T]
-        tolerance = area[None, :, None] * joint_tolerance + centre_variance[:, None, None]
+        tolerance = area[None, :, None] * joint_tolerance  # [1, D, 13]
         # sum_j known[t, j] weights[d, j] (...): the weights factor per track and per detection.
         total = known @ weights.T  # [T, D]
         matched = np.einsum('tj,dj,tdj->td', known, weights, np.exp(-squared / (2.0 * tolerance)))
@@ -344,16 +393,20 @@ class PedestrianTracker:
         predicted = kalman.states_to_boxes(self._state)
         predicted_height = np.maximum(self._state[:, 3], 1.0)
         height_ratio = np.maximum(boxes[:, 3] - boxes[:, 1], 1.0)[None, :] / predicted_height[:, None]
-        height_ok = np.abs(np.log(height_ratio)) <= math.log(config.max_height_ratio)
+        log_ratio = np.abs(np.log(height_ratio))
         if image_size is not None:
-            height_ok |= (self._cut_by_border(boxes, image_size)[None, :]
-                          | self._cut_by_border(predicted, image_size)[:, None])
-        allowed &= height_ok
+            log_ratio = np.where(self._cut_by_border(boxes, image_size)[None, :]
+                                 | self._cut_by_border(predicted, image_size)[:, None], 0.0, log_ratio)
+        allowed &= log_ratio <= math.log(config.max_height_ratio)
+        # Size consistency (TrackerConfig.height_weight): ranks the pairs, min_similarity stays on the
+        # similarity alone.
+        score = ((1.0 - config.height_weight) * similarity
+                 + config.height_weight * np.exp(-0.5 * (log_ratio / config.height_std) ** 2))
         # Motion gate: where the Kalman filter says the track can be now. A coasting track's gate widens
         # with its uncertainty; a track just seen cannot jump onto the person walking past it.
         if config.gate_probability < 1.0:
             allowed &= self.centre_distance(boxes) <= _chi2_2dof(config.gate_probability)
-        similarity = np.where(allowed, similarity, _NO_MATCH)
+        score = np.where(allowed, score, _NO_MATCH)
         # One global assignment over the confirmed tracks (coasting or not), then the unconfirmed ones with
         # the detections left. Not a DeepSORT cascade by frames since the last match: that gives a track
         # seen in the last frame every detection it is similar to, also the one of the person reappearing
@@ -365,9 +418,9 @@ class PedestrianTracker:
             detections = np.flatnonzero(free)
             if not len(tracks) or not len(detections):
                 continue
-            block = similarity[np.ix_(tracks, detections)]
+            block = score[np.ix_(tracks, detections)]
             rows, cols = linear_sum_assignment(block, maximize=True)
-            good = block[rows, cols] >= config.min_similarity
+            good = allowed[tracks[rows], detections[cols]]
             matched_tracks.append(tracks[rows[good]])
             matched_detections.append(detections[cols[good]])
             free[detections[cols[good]]] = False
@@ -375,6 +428,13 @@ class PedestrianTracker:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return (np.concatenate(matched_tracks).astype(np.int64),
                 np.concatenate(matched_detections).astype(np.int64))
+
+    def _horizontal_cut(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """Per box [N, 4]: 1 if cut by the left image border only, -1 by the right only, else 0."""
+        margin = self.config.border_margin_px
+        left = boxes[:, 0] <= margin
+        right = boxes[:, 2] >= image_size[1] - margin
+        return np.where(left & ~right, 1.0, np.where(right & ~left, -1.0, 0.0))
 
     def _cut_by_border(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """Flag (bool [N]) boxes [N, 4] (pixels) within border_margin_px of an image edge (rows, cols)."""
@@ -401,9 +461,37 @@ class PedestrianTracker:
         # The 2 x 2 inverse written out: cheaper than np.linalg for [T] small matrices.
         return (syy[:, None] * dx ** 2 - 2.0 * sxy[:, None] * dx * dy + sxx[:, None] * dy ** 2) / determinant
 
+    def _reupdate(self, track_rows: np.ndarray, measurements: np.ndarray, stamp_s: float) -> None:
+        """OC-SORT's observation-centric re-update of the matched tracks that missed frames.
+
+        From the filter as it was right after the last match, `reupdate_steps` (at most one per missed
+        frame plus one) predict + update steps along the straight line from that match's box to the new
+        one (measurements [M, 4] cx, cy, w, h of track_rows [M]); replaces the plain update's result. The
+        size rates start at 0, as while coasting. A few tracks per frame at most: a loop is cheap enough.
+        """
+        config = self.config
+        gaps = self._missed[track_rows]
+        for row, measurement, gap in zip(track_rows[gaps > 0], measurements[gaps > 0], gaps[gaps > 0]):
+            steps = int(min(gap + 1, config.reupdate_steps))
+            dt = (stamp_s - self._last_matched[row]) / steps
+            state = self._obs_state[row:row + 1].copy()
+            covariance = self._obs_covariance[row:row + 1]
+            state[:, 6:8] = 0.0
+            start = self._obs_measurement[row]
+            for k in range(1, steps + 1):
+                state, covariance = kalman.predict(state, covariance, dt, config.noise)
+                virtual = start + (measurement - start) * (k / steps)
+                state, covariance = kalman.update(state, covariance, virtual[None], config.noise)
+            self._state[row], self._covariance[row] = state[0], covariance[0]
+
     def _start_tracks(self, boxes: np.ndarray, stamp_s: float) -> None:
         count = len(boxes)
-        state, covariance = kalman.initiate(kalman.boxes_to_measurements(boxes), self.config.noise)
+        measurements = kalman.boxes_to_measurements(boxes)
+        state, covariance = kalman.initiate(measurements, self.config.noise)
+        self._obs_state = np.concatenate([self._obs_state, state])
+        self._obs_covariance = np.concatenate([self._obs_covariance, covariance])
+        self._obs_measurement = np.concatenate([self._obs_measurement, measurements])
+        self._obs_cut = np.concatenate([self._obs_cut, np.zeros(count)])
         self.ids = np.concatenate([self.ids, np.arange(self._next_id, self._next_id + count)])
         self._next_id += count
         self._state = np.concatenate([self._state, state])
