@@ -7,7 +7,11 @@ weights as `pretrained_import.read_tfjs_model` decodes them. It shares no code w
 under test beyond torch's primitive convolution and resize kernels, and its faithfulness is itself
 checked against the ONNX Runtime conversion of Thunder in test/test_movenet_import.py.
 Used by tools/make_single_pose_reference.py and test/test_movenet_import.py.
-Only the ops MoveNet SinglePose v4 uses are implemented; any other raises NotImplementedError.
+Also the selfie segmenter's graph (MediaPipe selfie segmentation: plain Conv2D, Add / AddN, Relu,
+Relu6, AvgPool and a Conv2DBackpropInput, i.e. a transposed convolution, computed here as TF defines it:
+the gradient of a 'SAME' convolution with respect to its input). Reference for test/test_selfie_import.py
+and tools/make_selfie_reference.py.
+Only the ops these models use are implemented; any other raises NotImplementedError.
 """
 from __future__ import annotations
 
@@ -64,6 +68,34 @@ def _conv_nhwc(x: torch.Tensor, kernel: torch.Tensor, node: dict, depthwise: boo
     out = F.conv2d(nchw, weight.contiguous(), stride=(stride_h, stride_w),
                    dilation=(dilations[1], dilations[2]), groups=groups)
     return out.permute(0, 2, 3, 1)
+
+
+def _avg_pool_nhwc(x: torch.Tensor, node: dict) -> torch.Tensor:
+    """TF AvgPool, 'VALID' padding only (what the selfie graph uses: a window over the whole map)."""
+    if _attr_str(node, 'padding') != 'VALID' or _attr_str(node, 'data_format') != 'NHWC':
+        raise NotImplementedError(f'{node["name"]}: AvgPool {_attr_str(node, "padding")}')
+    _, kh, kw, _ = _attr_ints(node, 'ksize')
+    _, sh, sw, _ = _attr_ints(node, 'strides')
+    return F.avg_pool2d(x.permute(0, 3, 1, 2), (kh, kw), (sh, sw)).permute(0, 2, 3, 1)
+
+
+def _conv_backprop_input_nhwc(input_sizes: torch.Tensor, kernel: torch.Tensor, grad: torch.Tensor,
+                              node: dict) -> torch.Tensor:
+    """TF Conv2DBackpropInput: d(conv2d(x, kernel, strides, padding)) / dx applied to `grad`.
+
+    Computed literally as that gradient (autograd through `_conv_nhwc` on a zero input of
+    `input_sizes`), not with a transposed-convolution kernel, so the padding and kernel layout follow
+    from the forward convolution's definition.
+    """
+    shape = [int(v) for v in input_sizes.reshape(-1)]
+    with torch.enable_grad():
+        x = torch.zeros(shape, dtype=grad.dtype, requires_grad=True)
+        y = _conv_nhwc(x, kernel, node, depthwise=False)
+        if tuple(y.shape) != tuple(grad.shape):
+            raise ValueError(f'{node["name"]}: forward conv of {shape} gives {tuple(y.shape)}, '
+                             f'the gradient is {tuple(grad.shape)}')
+        (dx,) = torch.autograd.grad(y, x, grad_outputs=grad)
+    return dx.detach()
 
 
 def _apply_fused(y: torch.Tensor, node: dict, extra: list[torch.Tensor]) -> torch.Tensor:
@@ -134,9 +166,22 @@ def run_tfjs_graph(model_json: dict, weights: dict[str, np.ndarray], inputs: dic
             return [args[0].reshape([int(v) for v in args[1].reshape(-1)])]
         if op == 'ConcatV2':
             return [torch.cat(args[:-1], int(args[-1]))]
-        if op in ('AddV2', 'Sub', 'Mul', 'RealDiv'):
+        if op in ('Add', 'AddV2', 'Sub', 'Mul', 'RealDiv'):
             a, b = args
-            return [{'AddV2': a + b, 'Sub': a - b, 'Mul': a * b, 'RealDiv': a / b}[op]]
+            return [{'Add': a + b, 'AddV2': a + b, 'Sub': a - b, 'Mul': a * b, 'RealDiv': a / b}[op]]
+        if op == 'AddN':
+            total = args[0]
+            for arg in args[1:]:
+                total = total + arg
+            return [total]
+        if op == 'Relu':
+            return [torch.relu(args[0])]
+        if op == 'Relu6':
+            return [torch.clamp(args[0], 0, 6)]
+        if op == 'AvgPool':
+            return [_avg_pool_nhwc(args[0], node)]
+        if op == 'Conv2DBackpropInput':
+            return [_conv_backprop_input_nhwc(args[0], args[1], args[2], node)]
         if op == 'SquaredDifference':
             difference = args[0] - args[1]
             return [difference * difference]
@@ -161,8 +206,8 @@ def run_tfjs_graph(model_json: dict, weights: dict[str, np.ndarray], inputs: dic
             resized = F.interpolate(args[0].permute(0, 3, 1, 2), size=size, mode='bilinear',
                                     align_corners=False)
             return [resized.permute(0, 2, 3, 1)]
-        if op in ('_FusedConv2D', 'FusedDepthwiseConv2dNative', 'DepthwiseConv2dNative'):
-            y = _conv_nhwc(args[0], args[1], node, depthwise=op != '_FusedConv2D')
+        if op in ('_FusedConv2D', 'Conv2D', 'FusedDepthwiseConv2dNative', 'DepthwiseConv2dNative'):
+            y = _conv_nhwc(args[0], args[1], node, depthwise=op not in ('_FusedConv2D', 'Conv2D'))
             return [_apply_fused(y, node, args[2:])]
         raise NotImplementedError(f'TF.js op {op} (node {name})')
 
