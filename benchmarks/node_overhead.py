@@ -114,6 +114,8 @@ class Listener(Node):
     def _recorder(self, topic: str):
         def record(message) -> None:
             now = time.perf_counter()
+            if isinstance(message, MarkerArray) and not message.markers:
+                return  # no header to match it to a frame (ppe_node always sends at least a DELETEALL)
             header = message.markers[0].header if isinstance(message, MarkerArray) else message.header
             with self.lock:
                 self.arrivals.setdefault((header.stamp.sec, header.stamp.nanosec), {})[topic] = now
@@ -182,9 +184,16 @@ def measure(executor, checkpoint: Path, width: int, height: int, output_set: str
         if not ready:
             raise RuntimeError('ppe_node did not come up:\n' + stop_node(node))
         stamp = width * 1000
-        for _ in range(warmup):  # the first frames also wait for discovery of every subscriber
+        # The first frames also wait for discovery: the node builds an output only for a matched subscriber,
+        # and the listener may see the node's publishers before the node's writers have matched it, so an
+        # unanswered warm-up frame is sent again (a fresh stamp) until the 120 s run out.
+        deadline = time.monotonic() + 120.0
+        answered = 0
+        while answered < warmup:
             stamp += 1
-            if send_frame(listener, pixels, stamp, topics, 120.0) is None:
+            if send_frame(listener, pixels, stamp, topics, 10.0) is not None:
+                answered += 1
+            elif time.monotonic() > deadline:
                 raise RuntimeError('no output for a warm-up frame:\n' + stop_node(node))
         if not (listener.change_state(Transition.TRANSITION_DEACTIVATE)
                 and listener.change_state(Transition.TRANSITION_ACTIVATE)):

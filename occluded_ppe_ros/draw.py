@@ -82,9 +82,10 @@ def blend_mask(image: np.ndarray, pedestrian: Pedestrian, color: tuple[int, int,
     inside = pedestrian.mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
     # The tinted value of a channel depends only on its byte: a 256-entry table per channel (the same
     # float32 arithmetic as blending each pixel) applied by cv2.LUT over the crop, then copied where the
-    # mask is. Boolean gather/scatter with per-pixel float maths cost ~0.5 ms per large mask.
+    # mask is by OpenCV's masked copy, which writes into the canvas view in place. Boolean gather/scatter
+    # with per-pixel float maths cost ~0.5 ms per large mask, and numpy's copyto(where=) 4x OpenCV's.
     tinted = cv2.LUT(crop, _tint_table(tuple(int(c) for c in color), float(alpha)))
-    np.copyto(crop, tinted, where=inside[:, :, None])
+    cv2.copyTo(tinted, inside.view(np.uint8), crop)
 
 
 def _tint_table(color: tuple[int, int, int], alpha: float) -> np.ndarray:

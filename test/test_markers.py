@@ -134,3 +134,20 @@ def test_track_markers_carry_the_track_id_a_stable_colour_and_deletes():
     # A frame without deletions or clearing only adds.
     again = track_skeleton_markers([first], header, Intrinsics.virtual(640, 480), 3.0, 0.3)
     assert {m.action for m in again.markers} == {Marker.ADD}
+
+
+def test_track_markers_of_a_frame_with_nothing_to_draw_or_delete_name_the_frame():
+    """Tracked and nobody drawn, no track ended: one DELETEALL stamped with the frame (never an empty array,
+    which has no header and so cannot be matched to its frame)."""
+    from occluded_ppe_ros.ros.markers import track_skeleton_markers
+
+    stamp = Header(frame_id='cam')
+    stamp.stamp.sec = 11
+    hidden = pedestrian([0.0] * 13, [False] * 13)  # no joint above the threshold: nothing to draw
+    hidden.track_id = 3
+    for people in ([], [hidden]):
+        array = track_skeleton_markers(people, stamp, Intrinsics.virtual(64, 48), 5.0, 0.3)
+        assert [(m.action, m.header) for m in array.markers] == [(Marker.DELETEALL, stamp)]
+    # With something to delete, the DELETEs carry the header and no DELETEALL is added.
+    array = track_skeleton_markers([], stamp, Intrinsics.virtual(64, 48), 5.0, 0.3, deleted_track_ids=[3])
+    assert [m.action for m in array.markers] == [Marker.DELETE, Marker.DELETE]

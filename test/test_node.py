@@ -312,6 +312,68 @@ def test_track_ids_persist_across_frames_and_markers_follow_the_tracks(spinning_
     assert not rejected.successful and 'tracking_max_coast_s' in rejected.reason, rejected.reason
 
 
+def test_a_frame_with_nobody_still_gets_one_message_on_every_output(spinning_executor, checkpoint):
+    """No pedestrian in the frame (score threshold 1): each output still carries one message for it.
+
+    A consumer that waits for every output of a frame (a planner joining detections and poses, RViz, a
+    recorder, benchmarks/node_overhead.py) must not stall on an empty scene: empty arrays, an
+    all-background label image, the overlay (the unmodified image), and a MarkerArray that is never empty
+    (a DELETEALL stamped with the frame's header when there is nothing to draw or delete), so that it
+    names its frame. Several frames in a row: the first frame of a tracker clears the markers anyway.
+    """
+    from visualization_msgs.msg import Marker
+
+    node = start_node(spinning_executor, checkpoint, max_frame_age_ms=0.0, score_threshold=1.0)
+    activate(node)
+    probe = Probe(spinning_executor)
+    grey = np.full((72, 96, 3), 128, dtype=np.uint8)
+    topics = ('detections', 'poses', 'markers', 'masks', 'overlay')
+    for frame in range(3):
+        message = make_image_message(96, 72, stamp_sec=400 + frame, stamp_nanosec=7)
+        message.data = grey.tobytes()
+        assert probe.publish_until(spinning_executor, message, topics, timeout=30.0), \
+            (frame, {topic: len(probe.outputs_for(topic, message.header)) for topic in topics})
+        (detections,) = probe.outputs_for('detections', message.header)[:1]
+        (poses,) = probe.outputs_for('poses', message.header)[:1]
+        assert not detections.detections and not poses.pedestrians
+        (markers,) = probe.outputs_for('markers', message.header)[:1]
+        assert [m.action for m in markers.markers] == [Marker.DELETEALL]
+        masks = probe.outputs_for('masks', message.header)[0]
+        assert (masks.width, masks.height, masks.encoding) == (96, 72, 'mono8')
+        assert not np.frombuffer(masks.data, np.uint8).any()
+        overlay = probe.outputs_for('overlay', message.header)[0]
+        assert np.array_equal(np.frombuffer(overlay.data, np.uint8).reshape(72, 96, 3), grey)
+    # Every frame the node answered got exactly one message on each output, all naming the frame.
+    time.sleep(0.5)
+    assert all(message.markers for message in probe.received['markers'])
+    counts = {topic: len(probe.received[topic]) for topic in topics}
+    assert counts == dict.fromkeys(topics, counts['detections']), counts
+
+
+def test_outputs_without_a_subscriber_are_not_built(spinning_executor, checkpoint, monkeypatch):
+    """An output nobody subscribes to costs nothing: its message is neither built nor published."""
+    from occluded_ppe_ros.ros import conversions, node as node_module
+
+    node = start_node(spinning_executor, checkpoint)
+    activate(node)
+    built: list[str] = []
+    for name in ('to_detection_array', 'to_pose_array', 'to_label_image', 'numpy_to_image'):
+        original = getattr(conversions, name)
+        monkeypatch.setattr(conversions, name, lambda *a, _name=name, _original=original, **k:
+                            built.append(_name) or _original(*a, **k))
+    monkeypatch.setattr(node_module, 'render_overlay', lambda *a, **k: built.append('render_overlay'))
+    monkeypatch.setattr(node, '_markers', lambda *a, **k: built.append('markers'))
+    node._publish_results(_header(5), np.zeros((48, 64, 3), np.uint8), [])
+    assert built == []
+    probe = Probe(spinning_executor)  # now every output has a subscriber
+    assert spinning_executor.wait_for(
+        lambda: all(p.get_subscription_count() > 0 for p in node._outputs.values()), timeout=30.0)
+    monkeypatch.undo()
+    node._publish_results(_header(6), np.zeros((48, 64, 3), np.uint8), [])
+    assert spinning_executor.wait_for(
+        lambda: all(probe.outputs_for(topic, _header(6)) for topic in Probe.TOPICS[:5]), timeout=30.0)
+
+
 def test_old_frames_are_dropped_and_counted(spinning_executor, checkpoint):
     node = start_node(spinning_executor, checkpoint, max_frame_age_ms=1000.0)
     activate(node)

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 
 import cv2
 import numpy as np
-from occluded_ppe_msgs.msg import InstanceMask, PedestrianPose, PedestrianPoseArray
+from occluded_ppe_msgs.msg import PedestrianPose, PedestrianPoseArray
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
 from vision_msgs.msg import Detection2D, Detection2DArray, ObjectHypothesisWithPose
@@ -199,15 +199,28 @@ def numpy_to_image(pixels: np.ndarray, header: Header, encoding: str) -> Image:
         The message; 16-bit data in this machine's byte order (is_bigendian set accordingly).
     """
     pixels = np.ascontiguousarray(pixels)
-    message = Image()
-    message.header = header
-    message.height, message.width = int(pixels.shape[0]), int(pixels.shape[1])
-    message.encoding = encoding
-    message.is_bigendian = int(pixels.dtype.itemsize > 1 and sys.byteorder == 'big')
-    message.step = int(pixels.strides[0])
     buffer = array.array('B')
     buffer.frombytes(pixels.reshape(-1).view(np.uint8).data)
-    message.data = buffer
+    return image_message(buffer, header, int(pixels.shape[0]), int(pixels.shape[1]), encoding,
+                         int(pixels.strides[0]), int(pixels.dtype.itemsize > 1 and sys.byteorder == 'big'))
+
+
+# Jazzy's generated messages check field values only with check_fields (ROS_PYTHON_CHECK_FIELDS=1, off by
+# default); unchecked, a uint8[] setter copies what it is given, even an array.array('B'). Checked, it
+# keeps that array as it is: a full frame is then copied once (into the array), not twice.
+_IMAGE_CHECK_FIELDS = {'check_fields': True} if '_check_fields' in Image.__slots__ else {}
+
+
+def image_message(data: array.array, header: Header, height: int, width: int, encoding: str, step: int,
+                  is_bigendian: int = 0) -> Image:
+    """A sensor_msgs/Image that takes `data` (array.array('B'), step x height bytes) without copying it."""
+    message = Image(**_IMAGE_CHECK_FIELDS)
+    message.header = header
+    message.height, message.width = height, width
+    message.encoding = encoding
+    message.is_bigendian = is_bigendian
+    message.step = step
+    message.data = data
     return message
 
 
@@ -239,15 +252,26 @@ def mask_to_rle(mask: np.ndarray) -> list[int]:
         Alternating background / foreground run lengths starting with background (possibly 0), summing
         to H x W; [] for an empty (0-pixel) mask.
     """
+    return rle_counts(mask).tolist()
+
+
+# numpy's type of InstanceMask.counts' array.array('I') items (4 bytes on every platform ROS supports).
+_COUNTS_DTYPE = np.dtype(f'u{array.array("I").itemsize}')
+
+
+def rle_counts(mask: np.ndarray) -> np.ndarray:
+    """`mask_to_rle` as an unsigned array (the dtype of array.array('I')), without Python ints."""
     flat = np.asarray(mask, dtype=bool).reshape(-1)
     if flat.size == 0:
-        return []
-    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
-    boundaries = np.concatenate(([0], changes, [flat.size]))
-    runs = np.diff(boundaries).tolist()
-    if flat[0]:
-        runs.insert(0, 0)
-    return [int(run) for run in runs]
+        return np.zeros(0, _COUNTS_DTYPE)
+    changes = np.flatnonzero(flat[1:] != flat[:-1])
+    # Run boundaries 0, changes + 1, size (with an empty first run when the mask starts in the foreground).
+    first = 1 if flat[0] else 0
+    boundaries = np.empty(len(changes) + 2 + first, np.int64)
+    boundaries[:first + 1] = 0
+    boundaries[first + 1:-1] = changes + 1
+    boundaries[-1] = flat.size
+    return (boundaries[1:] - boundaries[:-1]).astype(_COUNTS_DTYPE)
 
 
 def rle_to_mask(counts: Sequence[int], height: int, width: int) -> np.ndarray:
@@ -321,8 +345,12 @@ def to_pose_array(pedestrians: Sequence[Pedestrian], header: Header, ids: Sequen
             keypoint.x, keypoint.y, keypoint.score, keypoint.state = x, y, score, state
         x_offset, y_offset, crop = clipped_mask(pedestrian, height, width)
         if crop.size:
-            pose.mask = InstanceMask(x_offset=x_offset, y_offset=y_offset, width=int(crop.shape[1]),
-                                     height=int(crop.shape[0]), counts=mask_to_rle(crop))
+            # The pose's own (zero) InstanceMask is filled in; the run lengths go from numpy into the
+            # uint32[] field's array.array in one copy (a list of Python ints cost ~40 us per mask).
+            mask = pose.mask
+            mask.x_offset, mask.y_offset = x_offset, y_offset
+            mask.width, mask.height = int(crop.shape[1]), int(crop.shape[0])
+            mask.counts = array.array('I', rle_counts(crop).tobytes())
         message.pedestrians.append(pose)
     return message
 
@@ -337,8 +365,11 @@ def label_image(pedestrians: Sequence[Pedestrian], height: int, width: int) -> n
     labels = np.zeros((height, width), dtype=dtype)
     for index in range(len(pedestrians) - 1, -1, -1):
         x_offset, y_offset, crop = clipped_mask(pedestrians[index], height, width)
+        if not crop.size:
+            continue
         region = labels[y_offset:y_offset + crop.shape[0], x_offset:x_offset + crop.shape[1]]
-        region[crop] = index + 1
+        # OpenCV's masked copy writes into the view ~3x faster than numpy's boolean assignment.
+        cv2.copyTo(np.full_like(region, index + 1), crop.view(np.uint8), region)
     return labels
 
 

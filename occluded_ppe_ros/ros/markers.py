@@ -12,6 +12,7 @@ Points of the results contract use the continuous convention (pixel (r, c) has i
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -20,10 +21,10 @@ from geometry_msgs.msg import Point
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from occluded_ppe_ros.draw import (OCCLUDED_COLOR, STATE_NOT_PRESENT, STATE_OCCLUDED, VISIBLE_COLOR,
-                                   keypoint_states)
+from occluded_ppe_ros.draw import (OCCLUDED_COLOR, STATE_NOT_PRESENT, STATE_OCCLUDED, STATE_VISIBLE,
+                                   VISIBLE_COLOR)
 from occluded_ppe_ros.inference.results import Pedestrian
-from occluded_ppe_ros.skeleton import LIMBS
+from occluded_ppe_ros.skeleton import LIMBS, NUM_KEYPOINTS
 
 JOINT_NAMESPACE = 'ppe_joints'
 LIMB_NAMESPACE = 'ppe_limbs'
@@ -83,11 +84,6 @@ def _color(rgb: tuple[int, int, int]) -> ColorRGBA:
     return ColorRGBA(r=rgb[0] / 255.0, g=rgb[1] / 255.0, b=rgb[2] / 255.0, a=1.0)
 
 
-def _points(xyz: np.ndarray) -> list[Point]:
-    """Point messages of float [N, 3] (tolist() yields Python floats, which the float64 fields need)."""
-    return [Point(x=x, y=y, z=z) for x, y, z in xyz.tolist()]
-
-
 def _marker_pair(header: Header, marker_id: int, color: ColorRGBA, joint_diameter_m: float,
                  limb_width_m: float) -> tuple[Marker, Marker]:
     """An empty joint SPHERE_LIST (ns ppe_joints) and limb LINE_LIST (ns ppe_limbs) with id `marker_id`."""
@@ -102,7 +98,43 @@ def _marker_pair(header: Header, marker_id: int, color: ColorRGBA, joint_diamete
     return joints, limbs
 
 
-def _add_skeleton(joints: Marker, limbs: Marker, points: list[Point], states: np.ndarray,
+def _copy_pair(templates: tuple[Marker, Marker], marker_id: int, color: ColorRGBA) -> tuple[Marker, Marker]:
+    """`_marker_pair` for another id and colour by shallow copies of a frame's pair (~5x faster).
+
+    The copies share the templates' header, pose, scale and other unset fields, all equal within a frame
+    and never changed after; id, colour and the point and colour lists are their own.
+    """
+    pair = copy.copy(templates[0]), copy.copy(templates[1])
+    for marker in pair:
+        marker.id, marker.color, marker.points, marker.colors = marker_id, color, [], []
+    return pair
+
+
+def _frame_skeletons(pedestrians: Sequence[Pedestrian], intrinsics: Intrinsics, depth: float,
+                     keypoint_threshold: float) -> tuple[list[list[int]], list[list[Point | None]]]:
+    """Every pedestrian's joint states (as `keypoint_states`) and back-projected Points, in one numpy pass.
+
+    Returns:
+        (states, points): per pedestrian 13 states and 13 Points (None where the joint is NOT_PRESENT).
+    """
+    if not pedestrians:
+        return [], []
+    scores = np.stack([np.asarray(p.keypoint_scores, dtype=np.float32).reshape(-1) for p in pedestrians])
+    occluded = np.stack([np.asarray(p.keypoint_occluded, dtype=bool).reshape(-1) for p in pedestrians])
+    if scores.shape[1] != NUM_KEYPOINTS or occluded.shape != scores.shape:
+        raise ValueError(f'expected {NUM_KEYPOINTS} keypoint scores and flags per pedestrian, got '
+                         f'{scores.shape} and {occluded.shape}')
+    states = np.where(occluded, STATE_OCCLUDED, STATE_VISIBLE).astype(np.uint8)
+    states[scores < keypoint_threshold] = STATE_NOT_PRESENT
+    xyz = back_project(np.concatenate([p.keypoints for p in pedestrians]), intrinsics, depth)
+    rows = xyz.reshape(len(pedestrians), NUM_KEYPOINTS, 3).tolist()
+    state_rows = states.tolist()
+    points = [[Point(x=x, y=y, z=z) if state else None for (x, y, z), state in zip(row, person_states)]
+              for row, person_states in zip(rows, state_rows)]
+    return state_rows, points
+
+
+def _add_skeleton(joints: Marker, limbs: Marker, points: list[Point | None], states: list[int],
                   joint_colors: tuple[ColorRGBA, ColorRGBA],
                   limb_colors: tuple[ColorRGBA, ColorRGBA]) -> None:
     """Append one pedestrian's drawn joints and limbs to the two markers.
@@ -110,15 +142,21 @@ def _add_skeleton(joints: Marker, limbs: Marker, points: list[Point], states: np
     Colours are (visible, occluded) pairs; a limb counts as occluded when either end is. Joints that are
     NOT_PRESENT, and limbs with such an end, are left out.
     """
-    for joint in np.flatnonzero(states != STATE_NOT_PRESENT):
-        joints.points.append(points[joint])
-        joints.colors.append(joint_colors[1] if states[joint] == STATE_OCCLUDED else joint_colors[0])
+    visible_joint, occluded_joint = joint_colors
+    for point, state in zip(points, states):
+        if state != STATE_NOT_PRESENT:
+            joints.points.append(point)
+            joints.colors.append(occluded_joint if state == STATE_OCCLUDED else visible_joint)
+    visible_limb, occluded_limb = limb_colors
+    limb_points, limb_colors_out = limbs.points, limbs.colors
     for first, second in LIMBS:
-        if STATE_NOT_PRESENT in (states[first], states[second]):
+        first_state, second_state = states[first], states[second]
+        if first_state == STATE_NOT_PRESENT or second_state == STATE_NOT_PRESENT:
             continue
-        color = limb_colors[1] if STATE_OCCLUDED in (states[first], states[second]) else limb_colors[0]
-        limbs.points.extend([points[first], points[second]])
-        limbs.colors.extend([color, color])
+        color = (occluded_limb if first_state == STATE_OCCLUDED or second_state == STATE_OCCLUDED
+                 else visible_limb)
+        limb_points += (points[first], points[second])
+        limb_colors_out += (color, color)
 
 
 def skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsics: Intrinsics,
@@ -149,11 +187,7 @@ def skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, intrinsi
     visible, occluded = _color(VISIBLE_COLOR), _color(OCCLUDED_COLOR)
     joints, limbs = _marker_pair(header, 0, visible, joint_diameter_px * metres_per_pixel,
                                  limb_width_px * metres_per_pixel)
-    for pedestrian in pedestrians:
-        states = keypoint_states(pedestrian.keypoint_scores, pedestrian.keypoint_occluded, keypoint_threshold)
-        if not states.any():
-            continue
-        points = _points(back_project(pedestrian.keypoints, intrinsics, depth))
+    for states, points in zip(*_frame_skeletons(pedestrians, intrinsics, depth, keypoint_threshold)):
         _add_skeleton(joints, limbs, points, states, (visible, occluded), (visible, occluded))
     for marker in (joints, limbs):
         if marker.points:
@@ -196,7 +230,9 @@ def track_skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, in
         MarkerArray: [DELETEALL if clear_first] + DELETE (ns ppe_joints and ppe_limbs, id = track id) per
         deleted id + per drawn track a SPHERE_LIST (ns ppe_joints) and a LINE_LIST (ns ppe_limbs), both with
         id = track id. Joints are green visible / orange occluded as in `skeleton_markers`; limbs take the
-        track's `track_color`, translucent where an end is occluded.
+        track's `track_color`, translucent where an end is occluded. Never empty: a frame with nothing to
+        draw or delete gets [DELETEALL] (it removes nothing that is still drawn), so that every frame's
+        array carries the frame's header and a consumer waiting for each frame's outputs sees this one.
     """
     metres_per_pixel = depth / intrinsics.fx
     message = MarkerArray()
@@ -207,18 +243,24 @@ def track_skeleton_markers(pedestrians: Sequence[Pedestrian], header: Header, in
             message.markers.append(Marker(header=header, ns=namespace, id=int(track_id),
                                           action=Marker.DELETE))
     visible, occluded = _color(VISIBLE_COLOR), _color(OCCLUDED_COLOR)
-    for pedestrian in pedestrians:
-        states = keypoint_states(pedestrian.keypoint_scores, pedestrian.keypoint_occluded, keypoint_threshold)
-        if not states.any():
+    templates = None
+    skeletons = _frame_skeletons(pedestrians, intrinsics, depth, keypoint_threshold)
+    for pedestrian, states, points in zip(pedestrians, *skeletons):
+        if not any(states):
             continue
         track_id = int(pedestrian.track_id)
         own = _color(track_color(track_id))
         faded = ColorRGBA(r=own.r, g=own.g, b=own.b, a=float(occluded_alpha))
-        joints, limbs = _marker_pair(header, track_id, own, joint_diameter_px * metres_per_pixel,
+        if templates is None:
+            templates = _marker_pair(header, track_id, own, joint_diameter_px * metres_per_pixel,
                                      limb_width_px * metres_per_pixel)
-        points = _points(back_project(pedestrian.keypoints, intrinsics, depth))
+            joints, limbs = templates
+        else:
+            joints, limbs = _copy_pair(templates, track_id, own)
         _add_skeleton(joints, limbs, points, states, (visible, occluded), (own, faded))
         for marker in (joints, limbs):
             if marker.points:
                 message.markers.append(marker)
+    if not message.markers:
+        message.markers.append(Marker(header=header, action=Marker.DELETEALL))
     return message

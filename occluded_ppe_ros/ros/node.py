@@ -3,12 +3,15 @@
 Topics (relative names; remap them, or set image_topic / camera_info_topic):
   in:  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage), camera_info
   out: detections (vision_msgs/Detection2DArray), poses (occluded_ppe_msgs/PedestrianPoseArray),
-       markers (visualization_msgs/MarkerArray), masks (sensor_msgs/Image instance labels, only while
-       subscribed), overlay (sensor_msgs/Image, only while subscribed), /diagnostics.
-Every output carries the input image's header. With `tracking_enabled` (default) a tracker
-(occluded_ppe_ros/tracking) runs after the model: Detection2D.id and PedestrianPose.id are track ids kept
-across frames and through full occlusions up to `tracking_max_coast_s`, and the markers are per track
-(marker id = track id, a stable colour, DELETE when the track is no longer drawn).
+       markers (visualization_msgs/MarkerArray), masks (sensor_msgs/Image instance labels), overlay
+       (sensor_msgs/Image), /diagnostics.
+Every output carries the input image's header. Each output is built only while something subscribes to
+it, and then every processed frame gets one message on it, also a frame with nobody in it (empty arrays,
+an all-background label image, the plain image as overlay, a MarkerArray with at least a DELETEALL).
+With `tracking_enabled` (default) a tracker (occluded_ppe_ros/tracking) runs after the model:
+Detection2D.id and PedestrianPose.id are track ids kept across frames and through full occlusions up to
+`tracking_max_coast_s`, and the markers are per track (marker id = track id, a stable colour, DELETE when
+the track is no longer drawn).
 
 Lifecycle: configure loads the model and creates the topics, activate starts processing, deactivate
 stops it, cleanup frees the model. With `autostart` (default) `main()` configures and activates at
@@ -446,23 +449,30 @@ class PPENode(LifecycleNode):
         return message
 
     def _publish_results(self, header: Header, rgb, pedestrians: list) -> None:
+        """Build and publish the frame's outputs: each enabled one that has a subscriber, never an unread one.
+
+        Markers skipped while nobody subscribes leave the per-track marker state as it was: the next
+        published array DELETEs what the last published one drew and is no longer drawn.
+        """
         height, width = rgb.shape[:2]
         keypoint_threshold = self._value('keypoint_threshold')
-        ids = (conversions.track_ids(pedestrians) if self._tracker is not None
-               else conversions.detection_ids(header, len(pedestrians)))
-        publishers = self._outputs
-        if self._value('publish_detections'):
-            publishers['detections'].publish(conversions.to_detection_array(pedestrians, header, ids))
-        if self._value('publish_poses'):
-            publishers['poses'].publish(conversions.to_pose_array(pedestrians, header, ids, (height, width),
-                                                                  keypoint_threshold))
-        if self._value('publish_markers'):
+        publishers = {name: publisher for name, publisher in self._outputs.items()
+                      if self._value(f'publish_{name}') and publisher.get_subscription_count() > 0}
+        if 'detections' in publishers or 'poses' in publishers:
+            ids = (conversions.track_ids(pedestrians) if self._tracker is not None
+                   else conversions.detection_ids(header, len(pedestrians)))
+            if 'detections' in publishers:
+                publishers['detections'].publish(conversions.to_detection_array(pedestrians, header, ids))
+            if 'poses' in publishers:
+                publishers['poses'].publish(conversions.to_pose_array(pedestrians, header, ids,
+                                                                      (height, width), keypoint_threshold))
+        if 'markers' in publishers:
             publishers['markers'].publish(self._markers(header, pedestrians, width, height,
                                                         keypoint_threshold))
-        if self._value('publish_masks') and publishers['masks'].get_subscription_count() > 0:
+        if 'masks' in publishers:
             publishers['masks'].publish(conversions.to_label_image(pedestrians, header, height, width))
-        if self._value('publish_overlay') and publishers['overlay'].get_subscription_count() > 0:
-            # Render straight into the message's buffer (one full-frame copy instead of two).
+        if 'overlay' in publishers:
+            # Render straight into the message's buffer: one full-frame copy in all.
             message = conversions.numpy_to_image(rgb, header, 'rgb8')
             canvas = np.frombuffer(message.data, dtype=np.uint8).reshape(height, width, 3)
             render_overlay(canvas, pedestrians, keypoint_threshold)

@@ -78,12 +78,12 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('qos_reliability', 'best_effort', "input QoS reliability: 'best_effort' (REP-2003 "
                   "sensor data) or 'reliable'", choices=('best_effort', 'reliable')),
     ParameterSpec('qos_depth', 1, 'input QoS history depth (keep last N)', minimum=1, maximum=100),
-    ParameterSpec('publish_detections', True, 'publish vision_msgs/Detection2DArray on detections',
-                  runtime=True),
-    ParameterSpec('publish_poses', True, 'publish occluded_ppe_msgs/PedestrianPoseArray on poses',
-                  runtime=True),
-    ParameterSpec('publish_markers', True, 'publish visualization_msgs/MarkerArray skeletons on markers',
-                  runtime=True),
+    ParameterSpec('publish_detections', True, 'publish vision_msgs/Detection2DArray on detections (only '
+                  'while subscribed)', runtime=True),
+    ParameterSpec('publish_poses', True, 'publish occluded_ppe_msgs/PedestrianPoseArray on poses (only '
+                  'while subscribed)', runtime=True),
+    ParameterSpec('publish_markers', True, 'publish visualization_msgs/MarkerArray skeletons on markers '
+                  '(only while subscribed)', runtime=True),
     ParameterSpec('publish_masks', True, 'publish the instance-label image on masks (only while subscribed)',
                   runtime=True),
     ParameterSpec('publish_overlay', True, 'publish the rendered overlay image on overlay (only while '
