@@ -78,8 +78,13 @@ def blend_mask(image: np.ndarray, pedestrian: Pedestrian, color: tuple[int, int,
     cx1, cy1 = min(x0 + mask_width, width), min(y0 + mask_height, height)
     if cx1 <= cx0 or cy1 <= cy0:
         return
-    crop = image[cy0:cy1, cx0:cx1]
     inside = pedestrian.mask[cy0 - y0:cy1 - y0, cx0 - x0:cx1 - x0]
+    # Only the rectangle around the mask's pixels is read and written (a box's corners are often empty).
+    left, top, width, height = cv2.boundingRect(inside.view(np.uint8))
+    if width == 0:
+        return
+    inside = inside[top:top + height, left:left + width]
+    crop = image[cy0 + top:cy0 + top + height, cx0 + left:cx0 + left + width]
     # The tinted value of a channel depends only on its byte: a 256-entry table per channel (the same
     # float32 arithmetic as blending each pixel) applied by cv2.LUT over the crop, then copied where the
     # mask is by OpenCV's masked copy, which writes into the canvas view in place. Boolean gather/scatter
