@@ -98,6 +98,7 @@ def test_config_round_trip_through_a_plain_dict():
     ({'fusion_iou': 1.5}, '1.5'),
     ({'max_detections': 30, 'candidates_per_detector': 20}, '30'),
     ({'architecture': 'ppenet'}, "'ppenet'"),
+    ({'mask_prior': 'grabcut'}, "'grabcut'"),
 ])
 def test_config_rejects_bad_values_naming_them(values, named):
     with pytest.raises(ValueError) as error:
@@ -685,3 +686,34 @@ def test_checkpoint_that_does_not_fit_its_config_raises_value_error_naming_the_f
     torch.save(raw, tmp_path / 'misfit.pt')
     with pytest.raises(ValueError, match=r'misfit\.pt'):
         pipeline_from_checkpoint(tmp_path / 'misfit.pt')
+
+
+def test_selfie_mask_prior_is_one_more_head_input_channel_from_the_imported_segmenter(network_input):
+    """mask_prior 'selfie': the segmenter's probability on each crop, cell-averaged, is the last channel
+    of the heads' input; the outputs keep their shapes; a config written before the option reads as
+    'none'."""
+    from occluded_ppe_ros.model.selfie import DEFAULT_CHECKPOINT, load_selfie_segmenter
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f'no imported selfie segmenter at {DEFAULT_CHECKPOINT}')
+    plain = build_pipeline(PipelineConfig(pose_variant='lightning', detectors=('yolox',)))
+    with_prior = build_pipeline(PipelineConfig(pose_variant='lightning', detectors=('yolox',),
+                                               mask_prior='selfie'))
+    import_pretrained_parts(with_prior)
+    assert with_prior.pose.instance_channels == plain.pose.instance_channels + 1
+    rois = torch.tensor([[0.0, 40.0, 60.0, 200.0, 400.0], [0.0, 300.0, 50.0, 420.0, 380.0]])
+    with torch.no_grad():
+        crops, _ = with_prior.pose.crops(network_input, rois)
+        maps = with_prior.pose.crop_maps(crops)
+        expected = load_selfie_segmenter()(crops)
+        torch.testing.assert_close(maps['person_prior'], expected)
+        instance = with_prior.pose.instance_maps(maps, crops)
+        stride = crops.shape[-1] // instance.shape[-1]
+        torch.testing.assert_close(instance[:, -1:], torch.nn.functional.avg_pool2d(expected, stride))
+        keypoints, occluded, masks = with_prior.pose(network_input, rois)
+    assert keypoints.shape == (2, 13, 3) and occluded.shape == (2, 13)
+    resolution = with_prior.cfg.mask_resolution
+    assert masks.shape == (2, resolution, resolution)
+    old = PipelineConfig().to_dict()
+    del old['mask_prior']
+    assert PipelineConfig.from_dict(old).mask_prior == 'none'

@@ -369,3 +369,50 @@ def test_finetune_resumes_where_it_stopped(crop_set, tmp_path, monkeypatch):
     assert strip(again) == strip(history)
     for name, value in straight.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[name], value, rtol=0, atol=0, msg=name)
+
+
+def test_hide_under_hides_the_seen_joints_and_mask_cells_under_the_occluder_only():
+    from occluded_ppe_training.occluders import hide_under
+
+    joints = torch.tensor([[10.0, 10.0], [30.0, 30.0], [31.0, 45.0], [60.0, 60.0]])
+    visibility = torch.tensor([2, 2, 1, 0])
+    mask = torch.ones(16, 16)
+    stride = 4.0                                           # a 64-pixel crop, 16 x 16 mask cells
+    hidden, covered = hide_under((24, 24, 40, 48), joints, visibility, mask, stride)
+    assert hidden.tolist() == [2, 1, 1, 0]                 # seen under it -> hidden; v=1 and v=0 kept
+    assert visibility.tolist() == [2, 2, 1, 0]             # inputs untouched
+    # pixels 24..39 x 24..47 are cells 6..9 x 6..11 (cell c spans [4c, 4c + 4))
+    expected = torch.ones(16, 16)
+    expected[6:12, 6:10] = 0.0
+    torch.testing.assert_close(covered, expected, rtol=0, atol=0)
+    assert mask.all()
+
+
+def test_occluded_copies_add_crops_whose_hidden_joints_lie_under_pasted_texture(synthetic):
+    out, _ = synthetic
+    dataset = CocoPersonKeypoints(out / 'annotations.json', out / 'images')
+    ids = {info['id'] for info in dataset.images}
+    plain = build_crop_set(fresh_stage(), dataset, ids, jitters=1, seed=0, log=quiet)
+    both = build_crop_set(fresh_stage(), dataset, ids, jitters=1, seed=0, log=quiet, occluded_copies=1)
+    count = plain.maps.shape[0]                        # originals and their mirrors, in chunks of 16
+    assert count < both.maps.shape[0] <= 2 * count
+    # the copies only add hidden joints and remove mask: more v=1, fewer mask pixels in total
+    assert int((both.joint_visibility == 1).sum()) > int((plain.joint_visibility == 1).sum())
+    extra = both.maps.shape[0] - count
+    # each extra crop is an original's pixels with one rectangle replaced: find its original by its joints
+    changed_joints = 0
+    for index in range(both.maps.shape[0]):
+        matches = [o for o in range(count) if torch.equal(plain.joints_crop[o], both.joints_crop[index])
+                   and not torch.equal(plain.crops[o], both.crops[index])]
+        if not matches:
+            continue
+        original = matches[0]
+        differs = (both.crops[index] != plain.crops[original]).any(0)
+        rows, cols = torch.nonzero(differs, as_tuple=True)
+        now_hidden = (both.joint_visibility[index] == 1) & (plain.joint_visibility[original] == 2)
+        for x, y in both.joints_crop[index][now_hidden].tolist():
+            # a newly hidden joint lies inside the pasted rectangle's bounds
+            assert cols.min() - 1 <= x <= cols.max() + 1 and rows.min() - 1 <= y <= rows.max() + 1
+            changed_joints += 1
+        assert float(both.mask_targets[index].sum()) <= float(plain.mask_targets[original].sum())
+    assert extra > 0 and changed_joints > 0

@@ -42,57 +42,10 @@ from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint,
 from occluded_ppe_ros.skeleton import COCO17_INDEX
 from occluded_ppe_training.datasets.coco import CocoPersonKeypoints
 from occluded_ppe_training.datasets.splits import in_split
+from occluded_ppe_training.occluders import paste_occluders
 from occluded_ppe_training.pipeline_heads import CropSet, build_crop_set, read_resume_state
 
 FINETUNE_FORMAT = 'occluded_ppe/pipeline_finetune/1'
-
-
-def paste_occluders(crops: torch.Tensor, joints: torch.Tensor, visibility: torch.Tensor, ratio: float,
-                    generator: torch.Generator) -> torch.Tensor:
-    """Paste one occluder per crop over `ratio` of the person's joint extent (mask-and-predict).
-
-    Args:
-        crops: float [N, 3, S, S] in [0, 1]. joints: float [N, 13, 2] crop pixels. visibility: [N, 13].
-        ratio: fraction of the person's extent (area) to cover, in [0, 1).
-        generator: torch RNG (reproducible, resumable).
-
-    Returns:
-        crops with a rectangle of another crop's pixels (a real scene texture) pasted on each.
-    """
-    if ratio <= 0:
-        return crops
-    count, _, size, _ = crops.shape
-    out = crops.clone()
-    for index in range(count):
-        labelled = visibility[index] > 0
-        if labelled.sum() < 2:
-            continue
-        low = joints[index][labelled].min(0).values.clamp(0, size - 1)
-        high = joints[index][labelled].max(0).values.clamp(1, size)
-        extent_x, extent_y = (float(v) for v in (high - low).clamp(min=8.0))
-        # the occluders of street scenes: a car hiding the legs (bottom band), a pole or another person
-        # hiding one side (side band), a sign or bag anywhere (block); each covers `ratio` of the extent
-        mode = int(torch.randint(3, (1,), generator=generator))
-        if mode == 0:
-            width, height = extent_x * 1.2, extent_y * ratio
-            x0, y0 = float(low[0]) - extent_x * 0.1, float(high[1]) - height
-        elif mode == 1:
-            width, height = extent_x * ratio, extent_y * 1.1
-            from_left = bool(torch.rand(1, generator=generator) < 0.5)
-            x0, y0 = (float(low[0]) if from_left else float(high[0]) - width), float(low[1])
-        else:
-            width, height = extent_x * math.sqrt(ratio), extent_y * math.sqrt(ratio)
-            x0 = float(low[0]) + float(torch.rand(1, generator=generator)) * (extent_x - width)
-            y0 = float(low[1]) + float(torch.rand(1, generator=generator)) * (extent_y - height)
-        left, top = max(int(x0), 0), max(int(y0), 0)
-        right, bottom = min(int(x0 + width) + 1, size), min(int(y0 + height) + 1, size)
-        if right <= left or bottom <= top:
-            continue
-        donor = int(torch.randint(count, (1,), generator=generator))
-        dx = int(torch.randint(size - (right - left) + 1, (1,), generator=generator))
-        dy = int(torch.randint(size - (bottom - top) + 1, (1,), generator=generator))
-        out[index, :, top:bottom, left:right] = crops[donor, :, dy:dy + bottom - top, dx:dx + right - left]
-    return out
 
 
 def heatmap_targets(joints: torch.Tensor, visibility: torch.Tensor, heat_size: int, stride: float,
@@ -179,6 +132,8 @@ def finetune(net, source: CropSet, target: CropSet, work_dir: Path, iterations: 
         maps = movenet.forward_features(both)
         with torch.no_grad():
             reference = teacher.forward_features(both)
+            if pose.selfie is not None:      # frozen, like the detectors: an input of the heads only
+                maps['person_prior'] = pose.selfie(both)
         loss_keep = (F.mse_loss(maps['center'], reference['center']) * 100.0
                      + F.l1_loss(maps['regress'], reference['regress']))
         source_maps = {key: value[:batch_size] for key, value in maps.items()}

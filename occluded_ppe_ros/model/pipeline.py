@@ -43,6 +43,7 @@ from occluded_ppe_ros.skeleton import COCO17_INDEX, NUM_KEYPOINTS
 ARCHITECTURE = 'pretrained_pipeline'
 DETECTOR_NAMES = ('nanodet', 'yolox')
 DETECTOR_INPUT_SIZE = 416   # both imported detectors were trained and exported at 416 x 416
+MASK_PRIORS = ('none', 'selfie')
 
 
 @dataclass
@@ -78,6 +79,11 @@ class PipelineConfig:
             mask AP on the training split (0.137 against 0.118 at 0.4 and 0.053 at 0.5; the head's
             probabilities are cautious at person boundaries).
         mask_hidden: channels of the mask head.
+        mask_prior: 'none', or 'selfie': MediaPipe's selfie person segmenter (imported,
+            occluded_ppe_ros.model.selfie) runs on each crop and its person probability is one more
+            channel of the heads' input. Alone, on the training split's ground-truth boxes, it scored
+            segm AP 0.17-0.20 against 0.08 for the filled box (benchmarks/selfie_mask_prior.py); it does
+            not separate people, which MoveNet's maps do.
         occlusion_hidden: hidden units of the occlusion head.
         domain_hidden: hidden units of the domain classifier.
     """
@@ -99,6 +105,7 @@ class PipelineConfig:
     mask_resolution: int = 28
     mask_threshold: float = 0.3
     mask_hidden: int = 32
+    mask_prior: str = 'none'
     occlusion_hidden: int = 32
     domain_hidden: int = 64
     extra: dict = field(default_factory=dict)
@@ -126,6 +133,8 @@ class PipelineConfig:
         if self.max_detections < 1 or self.candidates_per_detector < self.max_detections:
             raise ValueError(f'need 1 <= max_detections ({self.max_detections}) <= candidates_per_detector '
                              f'({self.candidates_per_detector})')
+        if self.mask_prior not in MASK_PRIORS:
+            raise ValueError(f'mask_prior must be one of {MASK_PRIORS}, got {self.mask_prior!r}')
         if self.crop_margin < 1.0:
             raise ValueError(f'crop_margin must be >= 1 (the crop must hold the box), got {self.crop_margin}')
 
@@ -426,8 +435,14 @@ class PoseStage(nn.Module):
         # what the trained heads read, per crop, at the stride-4 grid: MoveNet's pyramid features (24),
         # keypoint heatmaps (17) and person-centre map (1) say which person the crop is about; the body's
         # stride-8 map (people-trained, 56 / 32 channels) says what is a person; the crop's own colours
-        # (3, averaged over each cell) give the boundaries
-        self.instance_channels = features + 17 + 1 + body_stride8 + 3
+        # (3, averaged over each cell) give the boundaries; with mask_prior 'selfie', the segmenter's
+        # person probability (1, averaged over each cell) says which pixels are a person's
+        self.selfie = None
+        if cfg.mask_prior == 'selfie':
+            from occluded_ppe_ros.model.selfie import SelfieSegmenter
+
+            self.selfie = SelfieSegmenter()
+        self.instance_channels = features + 17 + 1 + body_stride8 + 3 + (self.selfie is not None)
         self.mask_head = MaskHead(self.instance_channels, cfg.mask_hidden)
         self.occlusion_head = OcclusionHead(self.instance_channels, cfg.occlusion_hidden)
         self.domain_classifier = DomainClassifier(features, cfg.domain_hidden)
@@ -441,14 +456,24 @@ class PoseStage(nn.Module):
                           sampling_ratio=self.cfg.crop_sampling_ratio, aligned=True)
         return crops, squares
 
+    def crop_maps(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen imported models on crops [N, 3, S, S] in [0, 1]: MoveNet's `forward_features` dict,
+        plus 'person_prior' [N, 1, S, S] (the selfie segmenter's probability) with mask_prior 'selfie'."""
+        maps = self.movenet.forward_features(crops)
+        if self.selfie is not None:
+            maps['person_prior'] = self.selfie(crops)
+        return maps
+
     @staticmethod
     def instance_maps(heads: dict[str, torch.Tensor], crops: torch.Tensor) -> torch.Tensor:
         """The trained heads' input: [N, instance_channels, h, w] (see __init__ for the channels)."""
         size = heads['features'].shape[-2:]
         body = F.interpolate(heads['body_stride8'], size=size, mode='bilinear', align_corners=False)
         stride = crops.shape[-1] // size[-1]
-        colours = F.avg_pool2d(crops, stride)
-        return torch.cat([heads['features'], heads['heatmap'], heads['center'], body, colours], 1)
+        parts = [heads['features'], heads['heatmap'], heads['center'], body, F.avg_pool2d(crops, stride)]
+        if 'person_prior' in heads:
+            parts.append(F.avg_pool2d(heads['person_prior'], stride))
+        return torch.cat(parts, 1)
 
     def head_outputs(self, instance_maps: torch.Tensor, keypoints17: torch.Tensor
                      ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -475,7 +500,7 @@ class PoseStage(nn.Module):
             MoveNet's `forward_features` dict plus 'keypoints17' [N, 17, 3] (y, x normalised over the
             crop, score), 'mask_logits' [N, 1, h, w] and 'occlusion_logits' [N, 13].
         """
-        maps = self.movenet.forward_features(crops)
+        maps = self.crop_maps(crops)
         maps['keypoints17'] = self.movenet.decode(maps)
         maps['mask_logits'], maps['occlusion_logits'] = self.head_outputs(self.instance_maps(maps, crops),
                                                                           maps['keypoints17'])
@@ -602,3 +627,7 @@ def import_pretrained_parts(net: PipelineNet, detector_paths: dict[str, str] | N
         module.load_state_dict(loaded.state_dict())
     movenet = load_movenet_single_pose(pose_path or net.cfg.pose_variant)
     net.pose.movenet.load_state_dict(movenet.state_dict())
+    if net.pose.selfie is not None:
+        from occluded_ppe_ros.model.selfie import load_selfie_segmenter
+
+        net.pose.selfie.load_state_dict(load_selfie_segmenter().state_dict())
