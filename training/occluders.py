@@ -89,8 +89,9 @@ def paste_occluders(crops: torch.Tensor, joints: torch.Tensor, visibility: torch
 
 def hide_under(rectangle: tuple[int, int, int, int], joints: torch.Tensor, visibility: torch.Tensor,
                mask: torch.Tensor, stride: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The targets after an occluder covers `rectangle`: seen joints under it become hidden (v = 1), and
-    the visible mask loses the cells under it.
+    """Return the targets after an occluder covers `rectangle`.
+
+    Seen joints under it become hidden (v = 1), and the visible mask loses the cells under it.
 
     Args:
         rectangle: (left, top, right, bottom) crop pixels. joints: float [13, 2] crop pixels.

@@ -457,8 +457,12 @@ class PoseStage(nn.Module):
         return crops, squares
 
     def crop_maps(self, crops: torch.Tensor) -> dict[str, torch.Tensor]:
-        """The frozen imported models on crops [N, 3, S, S] in [0, 1]: MoveNet's `forward_features` dict,
-        plus 'person_prior' [N, 1, S, S] (the selfie segmenter's probability) with mask_prior 'selfie'."""
+        """Run the frozen imported models on crops [N, 3, S, S] in [0, 1].
+
+        Returns:
+            MoveNet's `forward_features` dict, plus 'person_prior' [N, 1, S, S] (the selfie segmenter's
+            probability) with mask_prior 'selfie'.
+        """
         maps = self.movenet.forward_features(crops)
         if self.selfie is not None:
             maps['person_prior'] = self.selfie(crops)
