@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                     latencies.append(float(milliseconds))
             mebibytes = width * height * 3 / 2**20
             result = {'size': f'{width}x{height}', 'mib': round(mebibytes, 3), 'frames': args.frames,
-                      'latency_ms_median': float(np.median(latencies)), 'latency_ms_max': float(max(latencies)),
+                      'latency_ms_median': float(np.median(latencies)),
+                      'latency_ms_max': float(max(latencies)),
                       'publish_call_ms_median': float(np.median(publish_ms)),
                       'ms_per_mib': float(np.median(latencies)) / mebibytes}
             results.append(result)
