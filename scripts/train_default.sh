@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the shipped models from the imported pretrained parts on this machine's CPU (about 15 min on
 # 2 cores; the budget is 90 CPU minutes) and export them:
-#   models/ppe_default.pt  NanoDet-g -> MoveNet Thunder, trained mask/occlusion heads
+#   models/ppe_default.pt  NanoDet-g -> MoveNet Thunder, trained mask/occlusion heads (the mask head also
+#                          reads the imported selfie person segmenter's probability: --mask-prior selfie)
 #   models/ppe_fast.pt     YOLOX-Nano -> MoveNet Lightning (the fast preset), its own trained heads
 # and each one's ONNX pair (<name>.onnx detector graph + <name>.pose.onnx pose graph, parity-gated).
 # Steps: 1. the heads on frozen MoveNet maps of the real photos' training split (pipeline_heads);
@@ -22,7 +23,7 @@ mkdir -p "$work"
 start=$(date +%s)
 
 "$py" -m occluded_ppe_training.pipeline_heads --data "$data" --split train --pose-variant thunder \
-  --detectors nanodet --work "$work/heads_thunder" --out "$work/heads_thunder/ppe_default.pt" "$@"
+  --detectors nanodet --mask-prior selfie --work "$work/heads_thunder" --out "$work/heads_thunder/ppe_default.pt" "$@"
 default_checkpoint="$work/heads_thunder/ppe_default.pt"
 if [ "${FINETUNE:-0}" = 1 ]; then
   if [ ! -f "$work/street_synth/annotations.json" ]; then
