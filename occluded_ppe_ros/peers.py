@@ -205,8 +205,11 @@ def decode_nanodet(outputs: dict[int, tuple[np.ndarray, np.ndarray]], input_size
 # The peers
 # ----------------------------------------------------------------------------------------------------
 
-def _session(path: Path, threads: int):
-    """An ONNX Runtime CPU session with `threads` intra-op threads (sequential execution)."""
+def _session(path: Path, threads: int, spin_wait: bool = True):
+    """An ONNX Runtime CPU session with `threads` intra-op threads (sequential execution).
+
+    `spin_wait` False turns off ONNX Runtime's default spin-waiting of the pool threads, as our backends do.
+    """
     import onnxruntime as ort
 
     if not Path(path).is_file():
@@ -215,6 +218,8 @@ def _session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not spin_wait:
+        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
     return ort.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
 
 
@@ -233,6 +238,8 @@ class PeerSettings:
         nms_iou: NanoDet's NMS IoU threshold.
         max_detections: NanoDet keeps at most this many person boxes per image.
         crop_margin: Thunder's square crop side / the box's longer side.
+        spin_wait: ONNX Runtime's default (True: pool threads spin after each run); False runs the peer
+            with spin-waiting off, as occluded_ppe_ros's own backends, for like-for-like timing.
     """
 
     min_score: float = 0.05
@@ -240,6 +247,7 @@ class PeerSettings:
     nms_iou: float = 0.6
     max_detections: int = 20
     crop_margin: float = 1.25
+    spin_wait: bool = True
 
 
 class MultiPosePeer:
@@ -249,10 +257,10 @@ class MultiPosePeer:
                  settings: PeerSettings | None = None) -> None:
         if long_side <= 0 or long_side % 32:
             raise ValueError(f'long_side must be a positive multiple of 32, got {long_side}')
-        self.session = _session(model_path, threads)
+        self.settings = settings or PeerSettings()
+        self.session = _session(model_path, threads, self.settings.spin_wait)
         self.input_name = self.session.get_inputs()[0].name
         self.long_side = long_side
-        self.settings = settings or PeerSettings()
         self.name = f'movenet_multipose_{long_side}'
 
     def predict(self, image: np.ndarray) -> list[Pedestrian]:
@@ -272,13 +280,14 @@ class NanoDetThunderPeer:
 
     def __init__(self, nanodet_path: Path, thunder_path: Path | None = None, threads: int = 2,
                  settings: PeerSettings | None = None) -> None:
-        self.detector = _session(nanodet_path, threads)
+        self.settings = settings or PeerSettings()
+        self.detector = _session(nanodet_path, threads, self.settings.spin_wait)
         self.detector_input = self.detector.get_inputs()[0].name
         # outputs come as stride-8/16/32 pairs of scores [*, 80] and distributions [*, 44]
         self.detector_outputs = self._match_outputs()
-        self.pose = _session(thunder_path, threads) if thunder_path is not None else None
+        self.pose = (_session(thunder_path, threads, self.settings.spin_wait) if thunder_path is not None
+                     else None)
         self.pose_input = self.pose.get_inputs()[0].name if self.pose is not None else ''
-        self.settings = settings or PeerSettings()
         self.name = 'nanodet_thunder' if self.pose is not None else 'nanodet'
 
     def _match_outputs(self) -> dict[int, tuple[str, str]]:

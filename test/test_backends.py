@@ -90,6 +90,8 @@ def test_onnxruntime_backend_threads_and_providers(tiny_checkpoint):
     backend = OnnxRuntimeBackend(onnx_path, device='cpu', intra_op_threads=1)
     assert backend.providers == ['CPUExecutionProvider']
     assert backend.session.get_session_options().intra_op_num_threads == 1
+    assert backend.session.get_session_options().get_session_config_entry(
+        'session.intra_op.allow_spinning') == '0'
     assert backend.metadata.source['sha256'] == export.sha256_of(tiny_checkpoint[0])
     with pytest.raises(ValueError, match='intra_op_threads'):
         OnnxRuntimeBackend(onnx_path, intra_op_threads=-1)

@@ -192,6 +192,14 @@ def test_nanodet_thunder_finds_the_person_in_a_real_photo():
     people = peer.predict(image)
     assert 1 <= len(people) <= peer.settings.max_detections
     check_finds_sample_person(people)
+    # spin_wait=False (like-for-like timing with our backends) changes the sessions, not the people
+    quiet = peers.create_peer('nanodet_thunder', settings=peers.PeerSettings(min_score=0.4, spin_wait=False))
+    for session in (quiet.detector, quiet.pose):
+        options = session.get_session_options()
+        assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
+    quiet_people = quiet.predict(image)
+    assert len(quiet_people) == len(people)
+    np.testing.assert_allclose(quiet_people[0].keypoints, people[0].keypoints, atol=1e-4)
 
 
 def test_peer_cli_writes_coco_results(tmp_path):

@@ -99,6 +99,9 @@ def test_config_round_trip_through_a_plain_dict():
     ({'max_detections': 30, 'candidates_per_detector': 20}, '30'),
     ({'architecture': 'ppenet'}, "'ppenet'"),
     ({'mask_prior': 'grabcut'}, "'grabcut'"),
+    ({'mask_prior': 'selfie', 'mask_prior_size': 100}, '100'),
+    ({'mask_prior': 'selfie', 'mask_prior_size': 128, 'pose_variant': 'lightning'}, '192'),
+    ({'mask_prior': 'selfie', 'mask_prior_size': 64, 'pose_variant': 'lightning'}, '48'),
 ])
 def test_config_rejects_bad_values_naming_them(values, named):
     with pytest.raises(ValueError) as error:
@@ -459,6 +462,27 @@ def test_detector_stage_on_a_non_square_input_finds_the_same_people(detected):
     assert (overlap.max(1) > 0.85).all(), overlap
 
 
+def test_detector_stage_at_a_smaller_letterbox_finds_the_same_people(detected):
+    """detector_input_size 320: both detectors read a 320 x 320 letterbox (their anchor grids follow) and
+    the confident people are those found at the default 416, in network-input pixels."""
+    cfg = PipelineConfig(detector_input_size=320)
+    net = build_pipeline(cfg)
+    import_pretrained_parts(net)
+    stage = net.eval().detector
+    assert stage.side == 320 and stage.resized == (320, 320)
+    assert stage.detectors['nanodet'].anchor_centres.shape[0] == sum((320 // s) ** 2 for s in (8, 16, 32))
+    image, _ = letterbox(sample_rgb(), cfg.input_size, 0.0)
+    with torch.no_grad():
+        boxes, scores, _, valid = (t[0] for t in stage(torch.from_numpy(image[None])))
+    people, _ = confident_people(boxes, scores, valid, 0.6)
+    default_people, _ = confident_people(detected[0][0], detected[1][0], detected[3][0], 0.6)
+    assert len(people) >= 3
+    overlap = box_iou_matrix(people, default_people).numpy()
+    assert (overlap.max(1) > 0.7).all(), overlap
+    with pytest.raises(ValueError, match='300'):
+        PipelineConfig(detector_input_size=300)
+
+
 # ----------------------------------------------------------------------------------------------------
 # 6. PipelineBackend
 # ----------------------------------------------------------------------------------------------------
@@ -715,5 +739,29 @@ def test_selfie_mask_prior_is_one_more_head_input_channel_from_the_imported_segm
     resolution = with_prior.cfg.mask_resolution
     assert masks.shape == (2, resolution, resolution)
     old = PipelineConfig().to_dict()
-    del old['mask_prior']
+    del old['mask_prior'], old['mask_prior_size']
     assert PipelineConfig.from_dict(old).mask_prior == 'none'
+    assert PipelineConfig.from_dict(old).mask_prior_size == 0
+
+
+def test_selfie_mask_prior_at_a_smaller_side_reads_the_average_pooled_crop(network_input):
+    """mask_prior_size 96 on Lightning's 192 crops: the segmenter reads the crop pooled 2 x 2 and the
+    heads get its probability pooled to MoveNet's 48 x 48 grid."""
+    from occluded_ppe_ros.model.selfie import DEFAULT_CHECKPOINT, load_selfie_segmenter
+
+    if not DEFAULT_CHECKPOINT.is_file():
+        pytest.skip(f'no imported selfie segmenter at {DEFAULT_CHECKPOINT}')
+    net = build_pipeline(PipelineConfig(pose_variant='lightning', detectors=('yolox',),
+                                        mask_prior='selfie', mask_prior_size=96))
+    import_pretrained_parts(net)
+    rois = torch.tensor([[0.0, 40.0, 60.0, 200.0, 400.0]])
+    with torch.no_grad():
+        crops, _ = net.pose.crops(network_input, rois)
+        maps = net.pose.crop_maps(crops)
+        expected = load_selfie_segmenter()(torch.nn.functional.avg_pool2d(crops, 2))
+        torch.testing.assert_close(maps['person_prior'], expected)
+        instance = net.pose.instance_maps(maps, crops)
+        grid = instance.shape[-1]
+        torch.testing.assert_close(instance[:, -1:],
+                                   torch.nn.functional.avg_pool2d(expected, expected.shape[-1] // grid))
+    assert maps['person_prior'].shape == (1, 1, 96, 96) and grid == 48

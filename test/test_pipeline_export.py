@@ -116,6 +116,10 @@ def test_create_backend_opens_the_export_and_matches_torch_at_batch_two(exported
     assert isinstance(backend, PipelineBackend) and backend.name == 'onnxruntime'
     assert backend.input_size == (320, 320) and backend.mask_resolution == 28
     assert list(backend.class_names) == ['person']
+    for runner in (backend.detector, backend.pose):
+        # spin-waiting off: the detector's pool would otherwise spin on the cores the pose graph needs
+        options = runner.session.get_session_options()
+        assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
     reference = pipeline_torch_backend(net)
     for runner in (backend, reference):
         runner.pose_min_score = 0.3

@@ -333,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="PipelineConfig.mask_prior: 'selfie' adds the imported person segmenter's "
                              "probability to the heads' input; it raised the validation fifth's mask IoU "
                              "0.53 -> 0.61 (Thunder heads, occluded copies 1), as shipped in ppe_default")
+    parser.add_argument('--mask-prior-size', type=int, default=0,
+                        help='PipelineConfig.mask_prior_size: side of the crop the selfie segmenter reads '
+                             '(0 = the pose crop; 128 costs a quarter of 256)')
     parser.add_argument('--jitters', type=int, default=3, help='crops per person (the first unjittered)')
     parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument('--batch-size', type=int, default=32)
@@ -351,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     cfg = PipelineConfig(detectors=tuple(args.detectors), pose_variant=args.pose_variant,
-                         mask_prior=args.mask_prior)
+                         mask_prior=args.mask_prior, mask_prior_size=args.mask_prior_size)
     from occluded_ppe_ros.model.movenet import load_movenet_single_pose
     from occluded_ppe_ros.model.pipeline import build_pipeline, import_pretrained_parts
 

@@ -42,7 +42,7 @@ from occluded_ppe_ros.skeleton import COCO17_INDEX, NUM_KEYPOINTS
 
 ARCHITECTURE = 'pretrained_pipeline'
 DETECTOR_NAMES = ('nanodet', 'yolox')
-DETECTOR_INPUT_SIZE = 416   # both imported detectors were trained and exported at 416 x 416
+DETECTOR_INPUT_SIZE = 416   # both imported detectors were trained and exported at 416 x 416: the default
 MASK_PRIORS = ('none', 'selfie')
 
 
@@ -57,6 +57,9 @@ class PipelineConfig:
             YOLOX's 11 ms on every frame, which puts the whole Predictor past 1.2 x the NanoDet -> Thunder
             peer's latency (81 against 56 ms median); ('nanodet', 'yolox') is the accuracy setting.
         pose_variant: 'thunder' (default) or 'lightning' (the fast preset).
+        detector_input_size: side in pixels of the square letterbox the detectors read (a multiple of
+            32). Both were trained at 416; both are fully convolutional, so a smaller side trades small
+            people for time (the detector's cost falls with its square).
         input_height: network input height in pixels (the Predictor letterboxes every image into it).
         input_width: network input width in pixels.
         class_names: ('person',): the detectors' COCO person class.
@@ -84,6 +87,12 @@ class PipelineConfig:
             channel of the heads' input. Alone, on the training split's ground-truth boxes, it scored
             segm AP 0.17-0.20 against 0.08 for the filled box (benchmarks/selfie_mask_prior.py); it does
             not separate people, which MoveNet's maps do.
+        mask_prior_size: side in pixels of the crop the selfie segmenter reads; 0 = the pose crop itself
+            (256 for Thunder). A smaller side (a divisor of the crop side, multiple of 32 and of the crop
+            side / 4) is the crop average-pooled: the heads read the prior at MoveNet's stride-4 grid
+            (64 x 64 for Thunder) anyway, and the segmenter's cost falls with the square of the side. 128
+            on Thunder lowered the validation fifth's mask IoU to 0.52 (0.61 at 256, 0.53 without the
+            prior): the segmenter needs its own resolution.
         occlusion_hidden: hidden units of the occlusion head.
         domain_hidden: hidden units of the domain classifier.
     """
@@ -91,6 +100,7 @@ class PipelineConfig:
     architecture: str = ARCHITECTURE
     detectors: tuple[str, ...] = ('nanodet',)
     pose_variant: str = 'thunder'
+    detector_input_size: int = DETECTOR_INPUT_SIZE
     input_height: int = 640
     input_width: int = 640
     class_names: tuple[str, ...] = ('person',)
@@ -106,6 +116,7 @@ class PipelineConfig:
     mask_threshold: float = 0.3
     mask_hidden: int = 32
     mask_prior: str = 'none'
+    mask_prior_size: int = 0
     occlusion_hidden: int = 32
     domain_hidden: int = 64
     extra: dict = field(default_factory=dict)
@@ -121,7 +132,7 @@ class PipelineConfig:
         if self.pose_variant not in MOVENET_SINGLE_POSE_VARIANTS:
             raise ValueError(f'pose_variant must be one of {tuple(MOVENET_SINGLE_POSE_VARIANTS)}, '
                              f'got {self.pose_variant!r}')
-        for name in ('input_height', 'input_width'):
+        for name in ('input_height', 'input_width', 'detector_input_size'):
             value = getattr(self, name)
             if value <= 0 or value % 32:
                 raise ValueError(f'{name} must be a positive multiple of 32, got {value}')
@@ -135,6 +146,13 @@ class PipelineConfig:
                              f'({self.candidates_per_detector})')
         if self.mask_prior not in MASK_PRIORS:
             raise ValueError(f'mask_prior must be one of {MASK_PRIORS}, got {self.mask_prior!r}')
+        crop_side = self.pose_config.input_size
+        grid_side = crop_side // 4        # MoveNet's output stride: the heads' grid
+        if self.mask_prior_size and (self.mask_prior_size % 32 or crop_side % self.mask_prior_size
+                                     or self.mask_prior_size % grid_side):
+            raise ValueError(f'mask_prior_size must be 0 or a multiple of 32 and of {grid_side} (the heads\' '
+                             f'grid) that divides the {self.pose_variant} crop side {crop_side}, '
+                             f'got {self.mask_prior_size}')
         if self.crop_margin < 1.0:
             raise ValueError(f'crop_margin must be >= 1 (the crop must hold the box), got {self.crop_margin}')
 
@@ -172,15 +190,18 @@ def is_pipeline_config(model_config: dict) -> bool:
 # Detection: imported detectors + fusion
 # ----------------------------------------------------------------------------------------------------
 
-def _build_detector(name: str) -> tuple[nn.Module, tuple[float, float, float]]:
-    """An imported detector module (weights loaded later) and its letterbox pad colour, RGB in [0, 1]."""
-    if name == 'nanodet':
-        from occluded_ppe_ros.model.nanodet import NANODET_PAD_VALUE_RGB, NanoDet
+def _build_detector(name: str, input_size: int) -> tuple[nn.Module, tuple[float, float, float]]:
+    """An imported detector for a square input of `input_size` pixels, and its pad colour (RGB, [0, 1]).
 
-        return NanoDet(), tuple(float(v) for v in NANODET_PAD_VALUE_RGB)
+    The weights are loaded later (import_pretrained_parts).
+    """
+    if name == 'nanodet':
+        from occluded_ppe_ros.model.nanodet import NANODET_PAD_VALUE_RGB, NanoDet, NanoDetConfig
+
+        return NanoDet(NanoDetConfig(input_size=input_size)), tuple(float(v) for v in NANODET_PAD_VALUE_RGB)
     from occluded_ppe_ros.model.yolox import YOLOX_PAD_VALUE, YOLOXNano
 
-    return YOLOXNano(), (float(YOLOX_PAD_VALUE),) * 3
+    return YOLOXNano(input_size=input_size), (float(YOLOX_PAD_VALUE),) * 3
 
 
 def box_iou_matrix(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -269,7 +290,8 @@ def fuse_detections(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tens
 
 
 class DetectorStage(nn.Module):
-    """Imported detectors on a 416 letterbox of the network input, fused: graph 1 of the pipeline."""
+    """Imported detectors on a square letterbox of the network input (cfg.detector_input_size, 416 by
+    default), fused: graph 1 of the pipeline."""
 
     def __init__(self, cfg: PipelineConfig) -> None:
         super().__init__()
@@ -277,11 +299,12 @@ class DetectorStage(nn.Module):
         self.detectors = nn.ModuleDict()
         self.pad_colours: dict[str, tuple[float, float, float]] = {}
         for name in cfg.detectors:
-            module, pad = _build_detector(name)
+            module, pad = _build_detector(name, cfg.detector_input_size)
             self.detectors[name] = module
             self.pad_colours[name] = pad
         height, width = cfg.input_size
-        self.scale = DETECTOR_INPUT_SIZE / max(height, width)
+        self.side = cfg.detector_input_size
+        self.scale = self.side / max(height, width)
         self.resized = (max(1, round(height * self.scale)), max(1, round(width * self.scale)))
 
     def resize(self, images: torch.Tensor) -> torch.Tensor:
@@ -289,13 +312,13 @@ class DetectorStage(nn.Module):
         return F.interpolate(images, size=self.resized, mode='bilinear', align_corners=False)
 
     def letterbox(self, resized: torch.Tensor, pad: tuple[float, float, float]) -> torch.Tensor:
-        """The resized images [B, 3, h, w] at the top-left of a 416 x 416 canvas, the rest `pad` (RGB)."""
-        pad_h = DETECTOR_INPUT_SIZE - self.resized[0]
-        pad_w = DETECTOR_INPUT_SIZE - self.resized[1]
+        """The resized images [B, 3, h, w] at the top-left of a side x side canvas, the rest `pad` (RGB)."""
+        pad_h = self.side - self.resized[0]
+        pad_w = self.side - self.resized[1]
         canvas = F.pad(resized, (0, pad_w, 0, pad_h), value=0.0)
         if pad_h or pad_w:
             colour = torch.tensor(pad, dtype=resized.dtype, device=resized.device).view(1, 3, 1, 1)
-            inside = torch.zeros(1, 1, DETECTOR_INPUT_SIZE, DETECTOR_INPUT_SIZE, dtype=resized.dtype,
+            inside = torch.zeros(1, 1, self.side, self.side, dtype=resized.dtype,
                                  device=resized.device)
             inside[..., :self.resized[0], :self.resized[1]] = 1.0
             canvas = canvas + (1.0 - inside) * colour
@@ -310,7 +333,7 @@ class DetectorStage(nn.Module):
         """
         cfg = self.cfg
         height, width = images.shape[-2:]
-        extent = float(DETECTOR_INPUT_SIZE * 4)
+        extent = float(self.side * 4)
         lists, sources = [], []
         resized = self.resize(images)          # once, shared by the detectors
         for index, (name, detector) in enumerate(self.detectors.items()):
@@ -460,12 +483,15 @@ class PoseStage(nn.Module):
         """Run the frozen imported models on crops [N, 3, S, S] in [0, 1].
 
         Returns:
-            MoveNet's `forward_features` dict, plus 'person_prior' [N, 1, S, S] (the selfie segmenter's
-            probability) with mask_prior 'selfie'.
+            MoveNet's `forward_features` dict, plus 'person_prior' [N, 1, P, P] (the selfie segmenter's
+            probability; P = cfg.mask_prior_size, or S when that is 0) with mask_prior 'selfie'.
         """
         maps = self.movenet.forward_features(crops)
         if self.selfie is not None:
-            maps['person_prior'] = self.selfie(crops)
+            prior_side = self.cfg.mask_prior_size or crops.shape[-1]
+            pooling = crops.shape[-1] // prior_side
+            prior_input = crops if pooling == 1 else F.avg_pool2d(crops, pooling)
+            maps['person_prior'] = self.selfie(prior_input)
         return maps
 
     @staticmethod
@@ -476,7 +502,8 @@ class PoseStage(nn.Module):
         stride = crops.shape[-1] // size[-1]
         parts = [heads['features'], heads['heatmap'], heads['center'], body, F.avg_pool2d(crops, stride)]
         if 'person_prior' in heads:
-            parts.append(F.avg_pool2d(heads['person_prior'], stride))
+            prior = heads['person_prior']
+            parts.append(F.avg_pool2d(prior, prior.shape[-1] // size[-1]))
         return torch.cat(parts, 1)
 
     def head_outputs(self, instance_maps: torch.Tensor, keypoints17: torch.Tensor

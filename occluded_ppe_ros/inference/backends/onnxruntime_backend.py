@@ -98,6 +98,23 @@ def read_deploy_metadata(onnx_path: str | os.PathLike) -> DeployMetadata:
     return DeployMetadata.from_metadata_props(props, str(onnx_path))
 
 
+def cpu_session_options(onnxruntime, intra_op_threads: int = 0, spin_wait: bool = False):
+    """SessionOptions for our graphs: `intra_op_threads` threads, sequential, all graph optimisations.
+
+    Spin-waiting is off unless asked for. ONNX Runtime's default keeps a session's pool threads spinning
+    for a while after each run; the pipeline runs its detector and pose sessions back to back, so the
+    detector's spinning threads took the cores from the pose graph (ppe_fast on the held-out photos, 2
+    threads: median 41.6 ms spinning, 19.9 ms not; benchmarks/latency_interleaved.py), and on a vehicle
+    computer they would take them from every other node as well.
+    """
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = int(intra_op_threads)
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if spin_wait else '0')
+    return options
+
+
 def choose_providers(device: str = 'auto') -> list[str]:
     """Execution providers for `device` ('cpu', 'cuda' or 'auto'), among those installed.
 
@@ -148,10 +165,7 @@ class OnnxRuntimeBackend:
             raise ValueError(f'intra_op_threads must be >= 0, got {intra_op_threads}')
         self.metadata = read_deploy_metadata(self.path)
         self.input_size = self.metadata.input_size
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = cpu_session_options(onnxruntime, intra_op_threads)
         self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options,
                                                     providers=providers or choose_providers(device))
         self.providers = self.session.get_providers()

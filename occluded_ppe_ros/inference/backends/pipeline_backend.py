@@ -61,15 +61,13 @@ class OnnxGraphRunner:
                  intra_op_threads: int = 0) -> None:
         import onnxruntime
 
-        from occluded_ppe_ros.inference.backends.onnxruntime_backend import choose_providers
+        from occluded_ppe_ros.inference.backends.onnxruntime_backend import (choose_providers,
+                                                                             cpu_session_options)
 
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise FileNotFoundError(f'ONNX file {self.path} does not exist')
-        options = onnxruntime.SessionOptions()
-        options.intra_op_num_threads = int(intra_op_threads)
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options = cpu_session_options(onnxruntime, intra_op_threads)
         self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options,
                                                     providers=choose_providers(device))
         self.output_names = output_names
