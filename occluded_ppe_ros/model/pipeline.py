@@ -290,8 +290,10 @@ def fuse_detections(boxes: torch.Tensor, scores: torch.Tensor, valid: torch.Tens
 
 
 class DetectorStage(nn.Module):
-    """Imported detectors on a square letterbox of the network input (cfg.detector_input_size, 416 by
-    default), fused: graph 1 of the pipeline."""
+    """Imported detectors on a square letterbox of the network input, fused: graph 1 of the pipeline.
+
+    The letterbox side is cfg.detector_input_size (416 by default).
+    """
 
     def __init__(self, cfg: PipelineConfig) -> None:
         super().__init__()

@@ -99,7 +99,7 @@ def read_deploy_metadata(onnx_path: str | os.PathLike) -> DeployMetadata:
 
 
 def cpu_session_options(onnxruntime, intra_op_threads: int = 0, spin_wait: bool = False):
-    """SessionOptions for our graphs: `intra_op_threads` threads, sequential, all graph optimisations.
+    """Return ONNX Runtime session options for our graphs: `intra_op_threads` threads, all optimisations.
 
     Spin-waiting is off unless asked for. ONNX Runtime's default keeps a session's pool threads spinning
     for a while after each run; the pipeline runs its detector and pose sessions back to back, so the
