@@ -14,7 +14,8 @@ Our ONNX Runtime sessions run with spin-waiting off (inference/backends/onnxrunt
 cpu_session_options), and so do the peers here by default (`--peer-spin off`): a session that spins keeps
 its threads busy after its run, which would slow whichever model runs next in the interleaving. To time
 the peers as ONNX Runtime runs them by default (spinning), give `--peer-spin default` and time one model
-per invocation (`--checkpoints --peers nanodet_thunder`).
+per invocation (`--checkpoints --peers nanodet_thunder`). `--our-spin default` times our Predictors
+with spin-waiting on (one checkpoint per invocation, no peers), to measure what turning it off gave.
 
     .venv/bin/python benchmarks/latency_interleaved.py --checkpoints models/ppe_default.pt \
         models/ppe_fast.pt [--peers movenet_multipose nanodet_thunder] [--split heldout] [--repeats 3]
@@ -93,6 +94,9 @@ def main() -> int:
                         choices=sorted(PEER_LABELS))
     parser.add_argument('--peer-spin', choices=('default', 'off'), default='off',
                         help="the peers' ONNX Runtime spin-waiting: off (as ours) or ONNX Runtime's default")
+    parser.add_argument('--our-spin', choices=('default', 'off'), default='off',
+                        help="our ONNX Runtime sessions' spin-waiting: off (as shipped) or ONNX Runtime's "
+                             'default, to measure what turning it off gave')
     parser.add_argument('--reference', default='nanodet_thunder',
                         help='label the ratios are taken against (a peer name or a checkpoint file name)')
     parser.add_argument('--backend', default='onnxruntime', choices=('onnxruntime', 'torch'))
@@ -117,6 +121,12 @@ def main() -> int:
     images = [image for _, image in loaded]
     models = {}
     for checkpoint in args.checkpoints:
+        if args.our_spin == 'default' and args.backend == 'onnxruntime':
+            from occluded_ppe_ros.inference.backends.pipeline_backend import pipeline_onnxruntime_backend
+
+            backend = pipeline_onnxruntime_backend(checkpoint.with_suffix('.onnx'), 'cpu', spin_wait=True)
+            models[checkpoint.name] = Predictor(backend, score_threshold=args.min_score).predict
+            continue
         models[checkpoint.name] = Predictor.from_checkpoint(checkpoint, backend=args.backend,
                                                             score_threshold=args.min_score).predict
     present = available_peers(args.peer_dir)
@@ -140,7 +150,7 @@ def main() -> int:
         ratio = f'{row["ratio_of_medians"]:.2f}' if 'ratio_of_medians' in row else '-'
         print(f'| {label} | {row["median_ms"]:.1f} | {row["mean_ms"]:.1f} | {paired} | {ratio} |')
     report = {'split': args.split, 'threads': args.threads, 'min_score': args.min_score,
-              'peer_spin_wait': args.peer_spin,
+              'peer_spin_wait': args.peer_spin, 'our_spin_wait': args.our_spin,
               'repeats': args.repeats, 'backend': args.backend, 'reference': reference,
               'load_average_1min': {'before': round(load_before, 2), 'after': round(os.getloadavg()[0], 2)},
               'models': summary}

@@ -4,8 +4,9 @@ Per held-out photo at the deployment min score (0.3), median milliseconds of:
     ours: Predictor preprocess (letterbox to the network input), detector graph, pose graph (and per
           person: pose graph / N), postprocess (masks pasted, joints mapped back), total;
     peer: NanoDet (letterbox + graph + decode), Thunder per person (crop + graph), total.
-Both run in ONNX Runtime with the same thread count, one after the other on the same photos, so load
-from other processes hits both; the ratio total_ours / total_peer is the issue-17 latency figure.
+Both run in ONNX Runtime with the same thread count and spin-waiting off (as our backends run; give
+`--peer-spin default` for the peer as ONNX Runtime runs it by default), one after the other on the same
+photos; benchmarks/latency_interleaved.py gives the whole-call ratio with the models taking turns.
 
     .venv/bin/python benchmarks/pipeline_stage_timing.py --checkpoint models/ppe_default.pt \
         [--split heldout] [--threads 2] [--repeats 3]
@@ -82,9 +83,10 @@ def time_ours(checkpoint: Path, loaded, threads: int, min_score: float, repeats:
     }
 
 
-def time_peer(loaded, threads: int, min_score: float, repeats: int) -> dict:
+def time_peer(loaded, threads: int, min_score: float, repeats: int, spin_wait: bool = False) -> dict:
     """Per-stage medians of NanoDet -> Thunder (the peer of occluded_ppe_ros/peers.py)."""
-    peer = create_peer('nanodet_thunder', DEFAULT_PEER_DIR, threads, 384, PeerSettings(min_score=min_score))
+    peer = create_peer('nanodet_thunder', DEFAULT_PEER_DIR, threads, 384,
+                       PeerSettings(min_score=min_score, spin_wait=spin_wait))
     for _, image in loaded[:2]:
         peer.predict(image)
     detect, per_person, totals, people = [], [], [], []
@@ -115,6 +117,9 @@ def main() -> int:
     parser.add_argument('--min-score', type=float, default=0.3)
     parser.add_argument('--repeats', type=int, default=3, help='passes over the split (medians over all)')
     parser.add_argument('--no-peer', action='store_true')
+    parser.add_argument('--peer-spin', choices=('default', 'off'), default='off',
+                        help="the peer's ONNX Runtime spin-waiting: off, as our backends, or ONNX Runtime's "
+                             'default')
     parser.add_argument('--output', type=Path,
                         default=REPO_ROOT / 'outputs' / 'bench' / 'pipeline_stages.json')
     args = parser.parse_args()
@@ -129,7 +134,9 @@ def main() -> int:
     report['ours'] = time_ours(args.checkpoint, loaded, args.threads, args.min_score, args.repeats)
     print('ours', json.dumps({k: round(v, 2) for k, v in report['ours'].items()}), flush=True)
     if not args.no_peer:
-        report['peer'] = time_peer(loaded, args.threads, args.min_score, args.repeats)
+        report['peer'] = time_peer(loaded, args.threads, args.min_score, args.repeats,
+                                   spin_wait=args.peer_spin == 'default')
+        report['peer_spin_wait'] = args.peer_spin
         print('peer', json.dumps({k: round(v, 2) for k, v in report['peer'].items()}), flush=True)
         report['ratio_total'] = report['ours']['total_ms'] / report['peer']['total_ms']
         print(f'ratio ours / peer (median totals): {report["ratio_total"]:.2f}')

@@ -103,9 +103,10 @@ def cpu_session_options(onnxruntime, intra_op_threads: int = 0, spin_wait: bool 
 
     Spin-waiting is off unless asked for. ONNX Runtime's default keeps a session's pool threads spinning
     for a while after each run; the pipeline runs its detector and pose sessions back to back, so the
-    detector's spinning threads took the cores from the pose graph (ppe_fast on the held-out photos, 2
-    threads: median 41.6 ms spinning, 19.9 ms not; benchmarks/latency_interleaved.py), and on a vehicle
-    computer they would take them from every other node as well.
+    detector's spinning threads took the cores from the pose graph (held-out photos, 2 threads, median
+    whole Predictor: ppe_default 75.0 ms spinning, 45.5 ms not; ppe_fast 34.1 and 22.1 ms;
+    benchmarks/latency_interleaved.py --our-spin default), and on a vehicle computer they would take them
+    from every other node as well.
     """
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = int(intra_op_threads)

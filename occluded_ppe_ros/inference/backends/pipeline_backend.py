@@ -58,7 +58,7 @@ class OnnxGraphRunner:
     """An exported graph in ONNX Runtime."""
 
     def __init__(self, onnx_path: str | os.PathLike, output_names: tuple[str, ...], device: str = 'auto',
-                 intra_op_threads: int = 0) -> None:
+                 intra_op_threads: int = 0, spin_wait: bool = False) -> None:
         import onnxruntime
 
         from occluded_ppe_ros.inference.backends.onnxruntime_backend import (choose_providers,
@@ -67,7 +67,7 @@ class OnnxGraphRunner:
         self.path = Path(onnx_path)
         if not self.path.is_file():
             raise FileNotFoundError(f'ONNX file {self.path} does not exist')
-        options = cpu_session_options(onnxruntime, intra_op_threads)
+        options = cpu_session_options(onnxruntime, intra_op_threads, spin_wait)
         self.session = onnxruntime.InferenceSession(str(self.path), sess_options=options,
                                                     providers=choose_providers(device))
         self.output_names = output_names
@@ -175,15 +175,18 @@ def pose_graph_path(detector_onnx: str | os.PathLike) -> Path:
 
 
 def pipeline_onnxruntime_backend(detector_onnx: str | os.PathLike, device: str = 'auto',
-                                 intra_op_threads: int = 0) -> PipelineBackend:
-    """The two exported graphs in ONNX Runtime (the detector file's metadata names the pose file)."""
+                                 intra_op_threads: int = 0, spin_wait: bool = False) -> PipelineBackend:
+    """The two exported graphs in ONNX Runtime (the detector file's metadata names the pose file).
+
+    `spin_wait` True restores ONNX Runtime's default spin-waiting (see cpu_session_options); for timing.
+    """
     from occluded_ppe_ros.inference.backends.onnxruntime_backend import read_deploy_metadata
 
     metadata = read_deploy_metadata(detector_onnx)
     pose_path = pose_graph_path(detector_onnx)
-    return PipelineBackend('onnxruntime',
-                           OnnxGraphRunner(detector_onnx, DETECTOR_OUTPUTS, device, intra_op_threads),
-                           OnnxGraphRunner(pose_path, POSE_OUTPUTS, device, intra_op_threads),
+    detector = OnnxGraphRunner(detector_onnx, DETECTOR_OUTPUTS, device, intra_op_threads, spin_wait)
+    pose = OnnxGraphRunner(pose_path, POSE_OUTPUTS, device, intra_op_threads, spin_wait)
+    return PipelineBackend('onnxruntime', detector, pose,
                            metadata.input_size, metadata.class_names,
                            int(metadata.model_config['mask_resolution']),
                            mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)))
