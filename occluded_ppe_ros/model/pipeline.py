@@ -54,8 +54,10 @@ class PipelineConfig:
         architecture: always 'pretrained_pipeline' (tells checkpoint readers which network to build).
         detectors: imported detectors to run and fuse, from DETECTOR_NAMES. The default is NanoDet alone:
             fusing YOLOX-Nano's boxes raised keypoint AP on the training split (0.457 -> 0.486) but costs
-            YOLOX's 11 ms on every frame, which puts the whole Predictor past 1.2 x the NanoDet -> Thunder
-            peer's latency (81 against 56 ms median); ('nanodet', 'yolox') is the accuracy setting.
+            YOLOX's 11 ms on every frame, which put the whole Predictor past 1.2 x the NanoDet -> Thunder
+            peer's latency (81 against 56 ms median, both with ONNX Runtime's spin-waiting on), and on the
+            held-out photos it scored keypoint AP 0.370 against 0.377 (earlier heads); ('nanodet', 'yolox')
+            is the accuracy setting.
         pose_variant: 'thunder' (default) or 'lightning' (the fast preset).
         detector_input_size: side in pixels of the square letterbox the detectors read (a multiple of
             32). Both were trained at 416; both are fully convolutional, so a smaller side trades small
