@@ -2,7 +2,8 @@
 # Rebuild the shipped models from the imported pretrained parts on this machine's CPU (about 15 min on
 # 2 cores; the budget is 90 CPU minutes) and export them:
 #   models/ppe_default.pt  NanoDet-g -> MoveNet Thunder, trained mask/occlusion heads (the mask head also
-#                          reads the imported selfie person segmenter's probability: --mask-prior selfie)
+#                          reads the imported selfie person segmenter's probability: --mask-prior selfie;
+#                          5 crops per person: --jitters 5)
 #   models/ppe_fast.pt     YOLOX-Nano -> MoveNet Lightning (the fast preset), its own trained heads
 # and each one's ONNX pair (<name>.onnx detector graph + <name>.pose.onnx pose graph, parity-gated).
 # Steps: 1. the heads on frozen MoveNet maps of the real photos' training split (pipeline_heads);
@@ -23,7 +24,8 @@ mkdir -p "$work"
 start=$(date +%s)
 
 "$py" -m occluded_ppe_training.pipeline_heads --data "$data" --split train --pose-variant thunder \
-  --detectors nanodet --mask-prior selfie --work "$work/heads_thunder" --out "$work/heads_thunder/ppe_default.pt" "$@"
+  --detectors nanodet --mask-prior selfie --jitters 5 --work "$work/heads_thunder" \
+  --out "$work/heads_thunder/ppe_default.pt" "$@"
 default_checkpoint="$work/heads_thunder/ppe_default.pt"
 if [ "${FINETUNE:-0}" = 1 ]; then
   if [ ! -f "$work/street_synth/annotations.json" ]; then

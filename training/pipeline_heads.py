@@ -336,7 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--mask-prior-size', type=int, default=0,
                         help='PipelineConfig.mask_prior_size: side of the crop the selfie segmenter reads '
                              '(0 = the pose crop; 128 costs a quarter of 256)')
-    parser.add_argument('--jitters', type=int, default=3, help='crops per person (the first unjittered)')
+    parser.add_argument('--jitters', type=int, default=3,
+                        help='crops per person (the first unjittered); 5 (ppe_default) lowered the '
+                             'validation fifth\'s occlusion loss 0.526 -> 0.428 (flag 0.749 -> 0.771) at '
+                             'equal mask IoU (0.611; Thunder heads, selfie prior, occluded copies 1)')
     parser.add_argument('--epochs', type=int, default=30)
     parser.add_argument('--batch-size', type=int, default=32)
     parser.add_argument('--lr', type=float, default=2e-3)

@@ -81,8 +81,9 @@ class PipelineConfig:
             MoveNet peers' warpAffine crops).
         mask_resolution: M, the side of the box-relative mask output.
         mask_threshold: the mask probability a Predictor cuts at unless told otherwise: 0.3 gave the best
-            mask AP on the training split (shipped default heads: 0.159 against 0.157 at 0.25, 0.138 at 0.4
-            and 0.105 at 0.5; the head's probabilities are cautious at person boundaries).
+            mask AP on the training split, with 0.25 within noise (shipped default heads: 0.157 against
+            0.160 at 0.25 and 0.137 at 0.4; 0.105 at 0.5 with earlier heads; the head's probabilities are
+            cautious at person boundaries).
         mask_hidden: channels of the mask head.
         mask_prior: 'none', or 'selfie': MediaPipe's selfie person segmenter (imported,
             occluded_ppe_ros.model.selfie) runs on each crop and its person probability is one more
