@@ -208,18 +208,16 @@ def decode_nanodet(outputs: dict[int, tuple[np.ndarray, np.ndarray]], input_size
 def _session(path: Path, threads: int, spin_wait: bool = True):
     """An ONNX Runtime CPU session with `threads` intra-op threads (sequential execution).
 
-    `spin_wait` False turns off ONNX Runtime's default spin-waiting of the pool threads, as our backends do.
+    The options are our backends' (`cpu_session_options`: sequential, all graph optimisations) except
+    that `spin_wait` defaults to ONNX Runtime's own choice, spinning; False turns it off, as ours do.
     """
     import onnxruntime as ort
 
+    from occluded_ppe_ros.inference.backends.onnxruntime_backend import cpu_session_options
+
     if not Path(path).is_file():
         raise FileNotFoundError(f'peer model {path} is absent: build it with tools/build_peers.sh')
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    if not spin_wait:
-        options.add_session_config_entry('session.intra_op.allow_spinning', '0')
+    options = cpu_session_options(ort, threads, spin_wait)
     return ort.InferenceSession(str(path), sess_options=options, providers=['CPUExecutionProvider'])
 
 
