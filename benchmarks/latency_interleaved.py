@@ -34,7 +34,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pipeline_vs_peers import DEFAULT_DATA, load_split  # noqa: E402
+from pipeline_vs_peers import DEFAULT_DATA, load_split, require_coco_folder  # noqa: E402
 
 from occluded_ppe_ros.peers import DEFAULT_PEER_DIR, PeerSettings, available_peers, create_peer  # noqa: E402
 
@@ -109,8 +109,7 @@ def main() -> int:
     parser.add_argument('--output', type=Path,
                         default=REPO_ROOT / 'outputs' / 'bench' / 'latency_interleaved.json')
     args = parser.parse_args()
-    if not (args.data / 'annotations.json').is_file():
-        parser.error(f'no {args.data / "annotations.json"}: --data must be a COCO person-keypoints folder')
+    require_coco_folder(parser, args.data)
     import torch
 
     torch.set_num_threads(args.threads)

@@ -62,6 +62,12 @@ def load_split(data: Path, split: str) -> tuple[dict, list[dict], list[tuple[int
     return gt, images, loaded
 
 
+def require_coco_folder(parser: argparse.ArgumentParser, data: Path) -> None:
+    """Stop with a usage error unless `data` holds a COCO person-keypoints annotations.json."""
+    if not (data / 'annotations.json').is_file():
+        parser.error(f'no {data / "annotations.json"}: --data must be a COCO person-keypoints folder')
+
+
 def run_model(predict, loaded: list[tuple[int, np.ndarray]], warmup: int = 2):
     """predict(image) -> pedestrians over every image: (per image pedestrians, wall ms per image)."""
     for _, image in loaded[:warmup]:
@@ -182,8 +188,7 @@ def main() -> int:
     parser.add_argument('--output', type=Path,
                         default=REPO_ROOT / 'outputs' / 'bench' / 'pipeline_vs_peers.json')
     args = parser.parse_args()
-    if not (args.data / 'annotations.json').is_file():
-        parser.error(f'no {args.data / "annotations.json"}: --data must be a COCO person-keypoints folder')
+    require_coco_folder(parser, args.data)
     import torch
 
     torch.set_num_threads(args.threads)
