@@ -4,8 +4,8 @@ Rows: each given checkpoint (the Predictor over ONNX Runtime by default) and the
 occluded_ppe_ros/peers.py (MoveNet MultiPose at long side 384, NanoDet -> MoveNet Thunder, NanoDet
 alone). All are scored by the same code on the same photos:
     box AP / AP50, 13-joint keypoint AP / AP50 (pycocotools, skeleton.OKS_SIGMAS, people ranked by pose
-    score), mask AP / AP50 (ours; the peers have no masks), all at min score 0.05 (AP wants every
-    candidate);
+    score), mask AP / AP50 (ours; the peers have no masks), all at detector min score 0.05 (AP wants every
+    candidate; a score calibration, where the checkpoint has one, re-ranks them but drops none);
     occluded joints: of the labelled-but-hidden joints (COCO v=1) of people matched at box IoU >= 0.5,
     the share localised within per-joint OKS >= 0.5;
     occlusion flag: balanced accuracy of each joint's hidden/seen flag against v=1 / v=2 on matched
@@ -20,6 +20,9 @@ trained or chosen on it), 'train' (88 photos the heads were trained on), 'all'.
 
     .venv/bin/python benchmarks/pipeline_vs_peers.py --checkpoints models/ppe_default.pt \
         models/ppe_fast.pt --split heldout --output outputs/bench/pipeline_vs_peers.json
+
+`--ablate-calibration` adds each checkpoint's row with its score calibration off: the gain of that
+fitted step over the imported detector's scores.
 """
 from __future__ import annotations
 
@@ -181,6 +184,8 @@ def main() -> int:
                         help="split where the peers' joint-score threshold flag is chosen")
     parser.add_argument('--peer-dir', type=Path, default=DEFAULT_PEER_DIR)
     parser.add_argument('--no-peers', action='store_true')
+    parser.add_argument('--ablate-calibration', action='store_true',
+                        help="also each checkpoint's row with its score calibration off (detector scores)")
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--deploy-min-score', type=float, default=0.3)
     parser.add_argument('--save-results', type=Path, default=None,
@@ -226,10 +231,16 @@ def main() -> int:
         return row
 
     for checkpoint in args.checkpoints:
-        every = Predictor.from_checkpoint(checkpoint, backend=args.backend, score_threshold=0.05)
+        # threshold 0: every box of the graph (its detectors keep scores >= the config's min_score, 0.05,
+        # as the peers' min score) gets a pose pass and is reported, whatever its calibrated score
+        every = Predictor.from_checkpoint(checkpoint, backend=args.backend, score_threshold=0.0)
         deploy = Predictor.from_checkpoint(checkpoint, backend=args.backend,
                                            score_threshold=args.deploy_min_score)
         add_row(f'{checkpoint.name} ({args.backend})', every.predict, deploy.predict, True)
+        if args.ablate_calibration and getattr(every.backend, 'score_calibration', None):
+            every.backend.score_calibration = deploy.backend.score_calibration = {}
+            add_row(f'{checkpoint.name} ({args.backend}, no score calibration)', every.predict, deploy.predict,
+                    True)
     if not args.no_peers:
         present = available_peers(args.peer_dir)
         if 'movenet_multipose' in present:

@@ -9,7 +9,10 @@
 # Steps: 1. the heads on frozen MoveNet maps of the real photos' training split (pipeline_heads);
 #        2. the mask-and-predict fine-tuning with the domain classifier (pipeline_finetune) runs only with
 #           FINETUNE=1: measured on the held-out photos it did not help (models/README.md), so the
-#           shipped models are step 1's.
+#           shipped models are step 1's;
+#        3. the default model's score calibration (training/score_calibration.py: a logistic model over
+#           the detector score and the pose/mask/overlap cues, fitted on the training split; it lifted
+#           box AP50 there, the fast preset's cross-validation showed no gain, so it has none).
 # Needs ../shared/data/coco_train2017_person_kp (only its training split is used: training/datasets/splits.py).
 # The model card (models/README.md) gives the evaluation command (benchmarks/pipeline_vs_peers.py).
 set -euo pipefail
@@ -37,6 +40,8 @@ if [ "${FINETUNE:-0}" = 1 ]; then
 fi
 "$py" -m occluded_ppe_training.pipeline_heads --data "$data" --split train --pose-variant lightning \
   --detectors yolox --work "$work/heads_lightning" --out "$work/heads_lightning/ppe_fast.pt" "$@"
+"$py" -m occluded_ppe_training.score_calibration --checkpoint "$default_checkpoint" --data "$data" \
+  --split train --out "$default_checkpoint"
 done_training=$(date +%s)
 
 cp "$default_checkpoint" models/ppe_default.pt

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.ops import nms, roi_align
 
+from occluded_ppe_ros.inference.score_calibration import check_calibration
 from occluded_ppe_ros.model.movenet import (MOVENET_SINGLE_POSE_VARIANTS, MoveNetSinglePose,
                                             MoveNetSinglePoseConfig)
 from occluded_ppe_ros.model.ops import grad_reverse
@@ -69,7 +70,9 @@ class PipelineConfig:
             detector fires on 10-20 anchors per person, so 100 candidates covered only the best few
             people of a crowded photo (box AP50 on the training split 0.577 with 100, the NanoDet peer,
             which keeps every candidate, 0.587).
-        detector_nms_iou: per-detector NMS IoU.
+        detector_nms_iou: per-detector NMS IoU. 0.5: with the score calibration it gave box AP50 0.602
+            against 0.588 at 0.6 (two-fold cross-validation over the training split's photos, ppe_default);
+            the duplicates it leaves, the calibration's overlap cues rank down.
         fusion_iou: boxes of different detectors overlapping more than this are one person (weighted
             box fusion); also the IoU of the NMS over the fused list.
         single_detector_factor: score multiplier for a box only one of several detectors found (0.7 was
@@ -98,6 +101,10 @@ class PipelineConfig:
             prior): the segmenter needs its own resolution.
         occlusion_hidden: hidden units of the occlusion head.
         domain_hidden: hidden units of the domain classifier.
+        score_calibration: the logistic model that turns the detector score, the pose pass's joint scores,
+            the mask coverage and the overlap with better boxes into the reported person score
+            (occluded_ppe_ros.inference.score_calibration; fitted by occluded_ppe_training.score_calibration);
+            empty = the detector score is reported.
     """
 
     architecture: str = ARCHITECTURE
@@ -108,7 +115,7 @@ class PipelineConfig:
     input_width: int = 640
     class_names: tuple[str, ...] = ('person',)
     candidates_per_detector: int = 1000
-    detector_nms_iou: float = 0.6
+    detector_nms_iou: float = 0.5
     fusion_iou: float = 0.55
     single_detector_factor: float = 0.7
     max_detections: int = 20
@@ -122,6 +129,7 @@ class PipelineConfig:
     mask_prior_size: int = 0
     occlusion_hidden: int = 32
     domain_hidden: int = 64
+    score_calibration: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -156,6 +164,7 @@ class PipelineConfig:
             raise ValueError(f'mask_prior_size must be 0 or a multiple of 32 and of {grid_side} (the heads\' '
                              f'grid) that divides the {self.pose_variant} crop side {crop_side}, '
                              f'got {self.mask_prior_size}')
+        check_calibration(self.score_calibration, 'PipelineConfig.score_calibration')
         if self.crop_margin < 1.0:
             raise ValueError(f'crop_margin must be >= 1 (the crop must hold the box), got {self.crop_margin}')
 

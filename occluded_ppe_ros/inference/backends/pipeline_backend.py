@@ -6,7 +6,8 @@
 `PipelineBackend.run` runs the detector, gives the pose graph only the N boxes scoring at least
 `pose_min_score` (the Predictor sets it to its score threshold, so the pose cost follows the people in
 view, not K), and scatters the pose rows back into contract 4's K-row outputs (rows without a pose pass
-are valid = False). Each graph runs in one of three runners with the same `run(feeds) -> dict` shape:
+are valid = False). Then the model's score calibration (inference/score_calibration.py, when its config
+has one) replaces the posed rows' detector scores by the person probability. Each graph runs in one of three runners with the same `run(feeds) -> dict` shape:
 PyTorch (the modules), ONNX Runtime (the exported files), TensorRT (engines built from them).
 """
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Protocol
 import numpy as np
 
 from occluded_ppe_ros.inference.backends.base import OUTPUT_NAMES
+from occluded_ppe_ros.inference.score_calibration import calibrate_scores, check_calibration
 
 DETECTOR_INPUTS = ('images',)
 DETECTOR_OUTPUTS = ('boxes', 'scores', 'labels', 'valid')
@@ -92,12 +94,14 @@ class PipelineBackend:
         pose_min_score: boxes scoring below it get no pose pass (and come back valid = False).
         mask_resolution: M of the masks output.
         mask_threshold: the model's own mask probability cut (its config's), the Predictor's default.
+        score_calibration: the model's score calibration (its config's; empty = detector scores).
         last_pose_count: N of the last run (how many crops the pose graph saw).
     """
 
     def __init__(self, name: str, detector: GraphRunner, pose: GraphRunner, input_size: tuple[int, int],
                  class_names: list[str], mask_resolution: int, pose_min_score: float = 0.05,
-                 mask_threshold: float = 0.5) -> None:
+                 mask_threshold: float = 0.5, score_calibration: dict | None = None) -> None:
+        check_calibration(score_calibration or {}, f'{name} pipeline score_calibration')
         self.name = name
         self.detector = detector
         self.pose = pose
@@ -106,6 +110,7 @@ class PipelineBackend:
         self.mask_resolution = int(mask_resolution)
         self.pose_min_score = float(pose_min_score)
         self.mask_threshold = float(mask_threshold)
+        self.score_calibration = dict(score_calibration or {})
         self.last_pose_count = 0
 
     @property
@@ -138,6 +143,7 @@ class PipelineBackend:
                    'scores': detected['scores'].astype(np.float32),
                    'labels': detected['labels'].astype(np.int64), 'valid': valid, 'masks': masks,
                    'keypoints': keypoints, 'keypoint_occluded': occluded}
+        outputs = calibrate_scores(outputs, self.score_calibration, self.mask_threshold)
         return {name: outputs[name] for name in OUTPUT_NAMES}
 
 
@@ -156,7 +162,7 @@ def pipeline_torch_backend(net, device: str = 'cpu') -> PipelineBackend:
     return PipelineBackend('torch', TorchGraphRunner(net.detector, DETECTOR_INPUTS, DETECTOR_OUTPUTS, device),
                            TorchGraphRunner(net.pose, POSE_INPUTS, POSE_OUTPUTS, device),
                            cfg.input_size, list(cfg.class_names), cfg.mask_resolution,
-                           mask_threshold=cfg.mask_threshold)
+                           mask_threshold=cfg.mask_threshold, score_calibration=cfg.score_calibration)
 
 
 def pose_graph_path(detector_onnx: str | os.PathLike) -> Path:
@@ -189,7 +195,8 @@ def pipeline_onnxruntime_backend(detector_onnx: str | os.PathLike, device: str =
     return PipelineBackend('onnxruntime', detector, pose,
                            metadata.input_size, metadata.class_names,
                            int(metadata.model_config['mask_resolution']),
-                           mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)))
+                           mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)),
+                           score_calibration=metadata.model_config.get('score_calibration') or {})
 
 
 def is_pipeline_onnx(onnx_path: str | os.PathLike) -> bool:
@@ -276,4 +283,5 @@ def pipeline_tensorrt_backend(detector_onnx: str | os.PathLike, precision: str =
     return PipelineBackend('tensorrt', TensorRTGraphRunner(detector_engine, DETECTOR_OUTPUTS),
                            TensorRTGraphRunner(pose_engine, POSE_OUTPUTS), metadata.input_size,
                            metadata.class_names, int(metadata.model_config['mask_resolution']),
-                           mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)))
+                           mask_threshold=float(metadata.model_config.get('mask_threshold', 0.5)),
+                           score_calibration=metadata.model_config.get('score_calibration') or {})
