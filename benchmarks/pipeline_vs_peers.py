@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import sys
 import time
@@ -189,7 +190,8 @@ def main() -> int:
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--deploy-min-score', type=float, default=0.3)
     parser.add_argument('--save-results', type=Path, default=None,
-                        help='folder for each row\'s COCO results JSON (min score 0.05)')
+                        help="folder for each row's COCO results JSON (every reported box: ours at score "
+                             "threshold 0, peers at their min score 0.05)")
     parser.add_argument('--output', type=Path,
                         default=REPO_ROOT / 'outputs' / 'bench' / 'pipeline_vs_peers.json')
     args = parser.parse_args()
@@ -213,7 +215,8 @@ def main() -> int:
         if args.save_results:
             # COCO results JSON, e.g. for benchmarks/operating_point.py
             args.save_results.mkdir(parents=True, exist_ok=True)
-            (args.save_results / f'results_{label.split(" ")[0]}.json').write_text(json.dumps(results))
+            stem = re.sub(r'[^A-Za-z0-9._-]+', '_', label).strip('_')    # one file per row, ablations too
+            (args.save_results / f'results_{stem}.json').write_text(json.dumps(results))
         _, latencies = run_model(predict_deploy, loaded)
         row['latency_ms_median'] = statistics.median(latencies)
         row['latency_ms_mean'] = statistics.fmean(latencies)
@@ -239,8 +242,8 @@ def main() -> int:
         add_row(f'{checkpoint.name} ({args.backend})', every.predict, deploy.predict, True)
         if args.ablate_calibration and getattr(every.backend, 'score_calibration', None):
             every.backend.score_calibration = deploy.backend.score_calibration = {}
-            add_row(f'{checkpoint.name} ({args.backend}, no score calibration)', every.predict, deploy.predict,
-                    True)
+            add_row(f'{checkpoint.name} ({args.backend}, no score calibration)', every.predict,
+                    deploy.predict, True)
     if not args.no_peers:
         present = available_peers(args.peer_dir)
         if 'movenet_multipose' in present:

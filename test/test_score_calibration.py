@@ -1,4 +1,6 @@
-"""The pipeline's score calibration (inference/score_calibration.py) and its fitting (training/score_calibration.py).
+"""The pipeline's score calibration (inference/score_calibration.py) and its fitting.
+
+The fitting lives in training/score_calibration.py.
 
 References, independent of the code under test:
 - the cues: boxes, joint scores and masks small enough to work out by hand (IoU, cover, shares);
@@ -135,7 +137,8 @@ class ConstantPose:
         keypoints[..., 2] = 0.5
         masks = np.zeros((count, 3, 3), np.float32)
         masks[:, :1] = 1.0
-        return {'keypoints': keypoints, 'keypoint_occluded': np.zeros((count, 13), np.float32), 'masks': masks}
+        return {'keypoints': keypoints, 'keypoint_occluded': np.zeros((count, 13), np.float32),
+                'masks': masks}
 
 
 def test_predictor_over_a_calibrated_backend_reports_the_calibrated_scores_best_first():

@@ -29,7 +29,7 @@ MATCH_IOU = 0.5
 
 
 def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """IoU matrix of first [P, 4] and second [Q, 4] (x1, y1, x2, y2)."""
+    """Intersection over union of first [P, 4] and second [Q, 4] (x1, y1, x2, y2): float [P, Q]."""
     top_left = np.maximum(first[:, None, :2], second[None, :, :2])
     bottom_right = np.minimum(first[:, None, 2:], second[None, :, 2:])
     inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
@@ -42,8 +42,9 @@ def match_labels(boxes: np.ndarray, truth_boxes: np.ndarray, iou: float = MATCH_
     """1.0 for each box (best score first) that takes a still-free truth box at IoU >= `iou`, else 0.0.
 
     Args:
-        boxes: float [N, 4] detections, best first; truth_boxes: float [T, 4]; both x1, y1, x2, y2, the
-            same pixel frame.
+        boxes: float [N, 4] detections, best first (x1, y1, x2, y2, pixels).
+        truth_boxes: float [T, 4] ground-truth boxes in the same frame.
+        iou: the least overlap that counts as a match (COCO's 0.5).
     """
     labels = np.zeros(len(boxes))
     if len(boxes) == 0 or len(truth_boxes) == 0:
@@ -99,7 +100,10 @@ def log_loss(probability: np.ndarray, labels: np.ndarray) -> float:
 
 def collect_cues(backend, annotation_file: Path, image_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray,
                                                                                        np.ndarray]:
-    """Run `backend` (calibration off) over the split's photos: (cues [N, F], labels [N], detector scores [N]).
+    """Run `backend` (calibration off) over the split's photos.
+
+    Returns:
+        (cues [N, F], labels [N], detector scores [N]).
 
     Raises:
         FileNotFoundError: an image of the annotation file cannot be read (names it and the file).
@@ -112,8 +116,8 @@ def collect_cues(backend, annotation_file: Path, image_dir: Path, split: str) ->
     for index, record in enumerate(data.get('annotations', [])):
         bbox = record.get('bbox')
         if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
-            raise ValueError(f'{annotation_file}: annotation #{index} (id {record.get("id")}) has bbox {bbox!r}, '
-                             f'expected [x, y, width, height]')
+            raise ValueError(f'{annotation_file}: annotation #{index} (id {record.get("id")}) has bbox '
+                             f'{bbox!r}, expected [x, y, width, height]')
         if not record.get('iscrowd'):
             x, y, width, height = (float(v) for v in bbox)
             truths.setdefault(int(record['image_id']), []).append([x, y, x + width, y + height])
@@ -132,8 +136,9 @@ def collect_cues(backend, annotation_file: Path, image_dir: Path, split: str) ->
             continue
         rows = rows[np.argsort(-outputs['scores'][0, rows], kind='stable')]
         boxes = outputs['boxes'][0, rows]
-        cues.append(calibration_features(boxes, outputs['scores'][0, rows], outputs['keypoints'][0, rows, :, 2],
-                                         outputs['masks'][0, rows], backend.mask_threshold))
+        cues.append(calibration_features(boxes, outputs['scores'][0, rows],
+                                         outputs['keypoints'][0, rows, :, 2], outputs['masks'][0, rows],
+                                         backend.mask_threshold))
         labels.append(match_labels(geometry.boxes_to_image(boxes),
                                    np.asarray(truths.get(int(info['id']), []), np.float64).reshape(-1, 4)))
         scores.append(outputs['scores'][0, rows])

@@ -130,8 +130,8 @@ def calibrate_scores(outputs: dict[str, np.ndarray], calibration: Mapping, mask_
         # rows keep the detector's order, which the "ranked above" cues rely on
         rows = rows[np.argsort(-scores[image, rows], kind='stable')]
         features = calibration_features(outputs['boxes'][image, rows], scores[image, rows],
-                                        outputs['keypoints'][image, rows, :, 2], outputs['masks'][image, rows],
-                                        mask_threshold)
+                                        outputs['keypoints'][image, rows, :, 2],
+                                        outputs['masks'][image, rows], mask_threshold)
         scores[image, rows] = calibrated_probability(features, calibration)
     order = np.argsort(-np.where(valid, scores, scores - 2.0), axis=1, kind='stable')
     calibrated = {}

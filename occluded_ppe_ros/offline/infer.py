@@ -18,11 +18,11 @@ Writes into --out:
   `ros2 bag play`, opens in Foxglove).
 - summary.json: counts, skipped frames with reasons, throughput.
 - for --video and --mcap (unless --no-tracking): the pedestrians are tracked across frames as the node
-  does (`occluded_ppe_ros.tracking`, the node's default tracking parameters, frame times from the video
-  or the header stamps, one tracker per MCAP image topic). Each result record's `track_id` is the
-  person's id (-1 for image folders, which are not sequences), the MCAP messages' ids are track ids, and
-  videos also get tracks_mot.txt: MOTChallenge lines `frame,id,left,top,width,height,score,-1,-1,-1`
-  (frame = the 1-based image id).
+  does (`occluded_ppe_ros.tracking`, the node's default tracking parameters, the frames' clothing colours,
+  frame times from the video or the header stamps, one tracker per MCAP image topic). Each result
+  record's `track_id` is the person's id (-1 for image folders, which are not sequences), the MCAP
+  messages' ids are track ids, and videos also get tracks_mot.txt: MOTChallenge lines
+  `frame,id,left,top,width,height,score,-1,-1,-1` (frame = the 1-based image id).
 
 A frame that does not decode (a corrupt image file, a malformed message) is reported by name (file, or
 topic and log time) and skipped; the run continues and the summary counts it. A tqdm progress bar shows
@@ -405,7 +405,7 @@ class _Trackers:
         tracker = self.trackers.setdefault(stream, PedestrianTracker(self.config))
         stamp_s = frame.stamp_s if frame.stamp_s is not None else float(frame.index)
         image_size = frame.rgb.shape[:2] if frame.rgb is not None else None
-        tracked = tracker.update(pedestrians, stamp_s, image_size)
+        tracked = tracker.update(pedestrians, stamp_s, image_size, image=frame.rgb)
         self.ids.update((stream, p.track_id) for p in tracked.pedestrians)
         return tracked.pedestrians, tracked.ended_track_ids
 

@@ -11,7 +11,8 @@ an all-background label image, the plain image as overlay, a MarkerArray with at
 With `tracking_enabled` (default) a tracker (occluded_ppe_ros/tracking) runs after the model:
 Detection2D.id and PedestrianPose.id are track ids kept across frames and through full occlusions up to
 `tracking_max_coast_s`, and the markers are per track (marker id = track id, a stable colour, DELETE when
-the track is no longer drawn).
+the track is no longer drawn). The tracker gets the decoded frame too, for the people's clothing colours
+inside their masks (`tracking_appearance_weight`).
 
 Lifecycle: configure loads the model and creates the topics, activate starts processing, deactivate
 stops it, cleanup frees the model. With `autostart` (default) `main()` configures and activates at
@@ -67,7 +68,9 @@ _WARN_THROTTLE_S = 2.0
 _MODEL_THRESHOLDS = ('score_threshold', 'nms_threshold', 'occlusion_threshold')
 # Parameters that TrackerConfig.from_parameters reads; a change rebuilds the config at the next frame.
 _TRACKER_PARAMETERS = ('tracking_max_coast_s', 'tracking_min_similarity', 'tracking_iou_weight',
-                       'tracking_keypoint_tolerance', 'tracking_carry_occluded_joints', 'keypoint_threshold')
+                       'tracking_keypoint_tolerance', 'tracking_carry_occluded_joints',
+                       'tracking_appearance_weight', 'tracking_appearance_min_similarity',
+                       'keypoint_threshold')
 
 
 def _model_thresholds(values: dict[str, Any]) -> dict[str, float | None]:
@@ -396,7 +399,7 @@ class PPENode(LifecycleNode):
         if not self._active.is_set():
             return  # deactivated while the model ran: the lifecycle publishers are off
         start = time.perf_counter()
-        pedestrians = self._track(msg.header, pedestrians, rgb.shape[:2])
+        pedestrians = self._track(msg.header, pedestrians, rgb)
         stage_ms['track'] = (time.perf_counter() - start) * 1e3
         start = time.perf_counter()
         self._publish_results(msg.header, rgb, pedestrians)
@@ -411,11 +414,13 @@ class PPENode(LifecycleNode):
         return pedestrians, {stage: float(timings.get(f'{stage}_ms', 0.0))
                              for stage in ('preprocess', 'inference', 'postprocess')}
 
-    def _track(self, header: Header, pedestrians: list, image_size: tuple[int, int]) -> list:
+    def _track(self, header: Header, pedestrians: list, rgb: np.ndarray) -> list:
         """Track ids for the frame's pedestrians (tracking_enabled), else the pedestrians as they are.
 
-        Time is the header stamp (seconds); an unstamped frame uses the monotonic clock instead. Switching
-        tracking off drops the tracks, so switching it on again starts afresh.
+        Time is the header stamp (seconds); an unstamped frame uses the monotonic clock instead. The frame
+        (`rgb`, uint8 [H, W, 3]) gives the tracker its size and, with tracking_appearance_weight > 0, the
+        people's clothing colours. Switching tracking off drops the tracks, so switching it on again
+        starts afresh.
         """
         if not self._value('tracking_enabled'):
             self._tracker = None
@@ -429,7 +434,7 @@ class PPENode(LifecycleNode):
                 self._tracker.config = config
         stamp_ns = header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
         stamp_s = stamp_ns * 1e-9 if stamp_ns else time.monotonic()
-        return self._tracker.update(pedestrians, stamp_s, image_size).pedestrians
+        return self._tracker.update(pedestrians, stamp_s, rgb.shape[:2], image=rgb).pedestrians
 
     def _markers(self, header: Header, pedestrians: list, width: int, height: int,
                  keypoint_threshold: float) -> MarkerArray:

@@ -58,9 +58,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   minimum=0, maximum=4096, multiple_of=32),
     ParameterSpec('input_width', 0, "network input width, pixels, multiple of 32; 0 = the model's",
                   minimum=0, maximum=4096, multiple_of=32),
-    # 0.25 / 0.1: the shipped default model's F1-best operating points on the held-out real photos
-    # (benchmarks/operating_point.py, models/README.md).
-    ParameterSpec('score_threshold', 0.25, 'minimum detection score in [0, 1]', runtime=True,
+    # 0.3 / 0.1: the shipped default model's F1-best operating points on the training split of the real
+    # photos (its scores are calibrated; benchmarks/operating_point.py, models/README.md).
+    ParameterSpec('score_threshold', 0.3, 'minimum detection score in [0, 1]', runtime=True,
                   minimum=0.0, maximum=1.0),
     ParameterSpec('nms_threshold', 1.0, "extra class-wise NMS after the model's own: IoU above which the "
                   "lower-scoring of two boxes is suppressed, (0, 1]; 1.0 = the model's NMS only",
@@ -112,6 +112,14 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   minimum=0.1, maximum=100.0),
     ParameterSpec('tracking_carry_occluded_joints', True, 'publish a hidden joint where the track last saw '
                   'it (relative to the box) instead of the network guess', runtime=True),
+    ParameterSpec('tracking_appearance_weight', 0.3, "weight of the clothing colours (mean colour of the "
+                  "upper body and legs inside each person's visible mask) in the track-detection "
+                  'assignment, [0, 1]; 0 = box and keypoint geometry only', runtime=True, minimum=0.0,
+                  maximum=1.0),
+    ParameterSpec('tracking_appearance_min_similarity', 0.05,
+                  'a track and a detection whose clothing colours are less similar than this are never '
+                  'matched, [0, 1]; 0 = no colour gate (used only with tracking_appearance_weight > 0)',
+                  runtime=True, minimum=0.0, maximum=1.0),
     ParameterSpec('diagnostics_period_s', 1.0, 'period of /diagnostics messages, seconds', minimum=0.05,
                   maximum=60.0),
 )

@@ -26,6 +26,14 @@ Per frame:
    `reupdate_steps`), so the velocity it leaves the occlusion with is the one it had behind it. An
    unmatched detection starts a new track with the next id (ids are never re-used by another person).
 
+Appearance (optional, `appearance_weight` > 0 and the frame's image given to `update`): each track keeps a
+running average of its person's clothing colours (`tracking.appearance`: mean CIELAB colour of the upper
+body and the legs inside the visible instance mask). The assignment's score blends in how alike a track's
+and a detection's colours are, and a pair in clearly different colours is never matched
+(`appearance_min_similarity`), so that two people who cross or meet behind an occluder keep their own
+ids when geometry alone is ambiguous or wrong. Without an image (`update_arrays`
+without colours) the tracker works on geometry alone.
+
 Each track also remembers where each joint sits relative to its box when the joint is seen (visible).
 While a joint is hidden (`keypoint_occluded`), its position is carried forward from that offset on the
 current box (`carry_occluded_joints`); the same predicted joints serve the keypoint similarity.
@@ -48,6 +56,7 @@ from scipy.optimize import linear_sum_assignment
 from occluded_ppe_ros.inference.results import Pedestrian
 from occluded_ppe_ros.skeleton import NUM_KEYPOINTS, OKS_SIGMAS
 from occluded_ppe_ros.tracking import kalman
+from occluded_ppe_ros.tracking.appearance import NUM_BANDS, colour_similarity, pedestrian_colours
 from occluded_ppe_ros.tracking.kalman import MotionNoise
 
 # Similarity given to pairs that must never match (below any min_similarity).
@@ -98,6 +107,17 @@ class TrackerConfig:
             missing frames is re-filtered from its last match along a straight virtual path to the new
             box in this many steps (at most one per missed frame), so that its velocity is that of the
             path it took while hidden, not the coasting guess; 0 = off (one plain Kalman update).
+        appearance_weight: share of the colour similarity in the score the assignment maximises, [0, 1]:
+            score = (1 - appearance_weight) x geometric score + appearance_weight x colour similarity
+            (`appearance.colour_similarity`), for the pairs whose colours are known on both sides (the
+            other pairs keep the geometric score). Used only when `update` is given the frame's image;
+            0 = off (also appearance_min_similarity). min_similarity stays on the geometric similarity.
+        appearance_min_similarity: pairs whose colours are known on both sides and whose colour similarity
+            is below this are never matched, [0, 1]: someone in clearly different clothes is another person
+            (0 = no such gate). Only with appearance_weight > 0 and an image.
+        appearance_std: root-mean-square CIELAB distance of a track's and a detection's band colours at
+            which their colour similarity is exp(-1/2) (> 0); ~2.3 is a just-noticeable difference.
+        appearance_rate: weight of a new sighting in a track's running average of its colours, (0, 1].
         noise: the Kalman filter's noise levels.
     """
 
@@ -116,11 +136,16 @@ class TrackerConfig:
     height_weight: float = 0.2
     height_std: float = 0.1
     reupdate_steps: int = 4
+    appearance_weight: float = 0.3
+    appearance_min_similarity: float = 0.05
+    appearance_std: float = 15.0
+    appearance_rate: float = 0.2
 
     def __post_init__(self) -> None:
         if not self.max_coast_s >= 0.0:
             raise ValueError(f'max_coast_s must be >= 0 seconds, got {self.max_coast_s}')
-        for name in ('min_similarity', 'iou_weight', 'keypoint_threshold', 'occluded_joint_weight'):
+        for name in ('min_similarity', 'iou_weight', 'keypoint_threshold', 'occluded_joint_weight',
+                     'appearance_weight', 'appearance_min_similarity'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
@@ -136,6 +161,10 @@ class TrackerConfig:
             raise ValueError(f'height_std must be > 0, got {self.height_std}')
         if not (isinstance(self.reupdate_steps, int) and self.reupdate_steps >= 0):
             raise ValueError(f'reupdate_steps must be an integer >= 0, got {self.reupdate_steps}')
+        if not self.appearance_std > 0.0:
+            raise ValueError(f'appearance_std must be > 0 (CIELAB units), got {self.appearance_std}')
+        if not 0.0 < self.appearance_rate <= 1.0:
+            raise ValueError(f'appearance_rate must be in (0, 1], got {self.appearance_rate}')
 
     @classmethod
     def from_parameters(cls, values: dict[str, Any]) -> TrackerConfig:
@@ -145,7 +174,9 @@ class TrackerConfig:
                    iou_weight=float(values['tracking_iou_weight']),
                    keypoint_tolerance=float(values['tracking_keypoint_tolerance']),
                    keypoint_threshold=float(values['keypoint_threshold']),
-                   carry_occluded_joints=bool(values['tracking_carry_occluded_joints']))
+                   carry_occluded_joints=bool(values['tracking_carry_occluded_joints']),
+                   appearance_weight=float(values['tracking_appearance_weight']),
+                   appearance_min_similarity=float(values['tracking_appearance_min_similarity']))
 
 
 @dataclass
@@ -220,6 +251,8 @@ class PedestrianTracker:
         self._obs_covariance = np.zeros((0, kalman.STATE_SIZE, kalman.STATE_SIZE))
         self._obs_measurement = np.zeros((0, kalman.MEASUREMENT_SIZE))
         self._obs_cut = np.zeros(0)
+        # Running average of each track's band colours (CIELAB, `tracking.appearance`), NaN until seen.
+        self._colours = np.zeros((0, NUM_BANDS, 3))
 
     def reset(self) -> list[int]:
         """End every track (the id counter keeps counting, so ids stay unique); returns the ended ids."""
@@ -246,13 +279,17 @@ class PedestrianTracker:
         self._obs_covariance = self._obs_covariance[rows]
         self._obs_measurement = self._obs_measurement[rows]
         self._obs_cut = self._obs_cut[rows]
+        self._colours = self._colours[rows]
 
     def update(self, pedestrians: Sequence[Pedestrian], stamp_s: float,
-               image_size: tuple[int, int] | None = None) -> TrackedFrame:
+               image_size: tuple[int, int] | None = None, image: np.ndarray | None = None) -> TrackedFrame:
         """Track one frame's pedestrians (input-image pixels) taken at `stamp_s` seconds.
 
         `image_size` (rows, columns) of the frame lets the height gate spare boxes cut by the image
-        border (people walking in or out); None = no such exception.
+        border (people walking in or out); None = no such exception (taken from `image` when given).
+        `image`, uint8 [H, W, 3] RGB, the frame the pedestrians were detected in: with appearance_weight > 0
+        the colours inside their visible masks (`Pedestrian.mask`) help the association; None = geometry
+        only.
 
         Returns:
             Copies of the pedestrians, same order, with `track_id` set and, with carry_occluded_joints,
@@ -263,7 +300,13 @@ class PedestrianTracker:
         keypoints = np.array([p.keypoints for p in pedestrians], np.float64).reshape(count, NUM_KEYPOINTS, 2)
         scores = np.array([p.keypoint_scores for p in pedestrians], np.float64).reshape(count, NUM_KEYPOINTS)
         occluded = np.array([p.keypoint_occluded for p in pedestrians], bool).reshape(count, NUM_KEYPOINTS)
-        step = self.update_arrays(boxes, keypoints, scores, occluded, stamp_s, image_size)
+        colours = None
+        if image is not None:
+            if image_size is None:
+                image_size = image.shape[:2]
+            if self.config.appearance_weight > 0.0:
+                colours = pedestrian_colours(image, pedestrians)
+        step = self.update_arrays(boxes, keypoints, scores, occluded, stamp_s, image_size, colours)
         tracked = []
         for index, pedestrian in enumerate(pedestrians):
             changes: dict[str, Any] = {'track_id': int(step.track_ids[index])}
@@ -274,7 +317,8 @@ class PedestrianTracker:
 
     def update_arrays(self, boxes: np.ndarray, keypoints: np.ndarray, keypoint_scores: np.ndarray,
                       keypoint_occluded: np.ndarray, stamp_s: float,
-                      image_size: tuple[int, int] | None = None) -> TrackStep:
+                      image_size: tuple[int, int] | None = None,
+                      colours: np.ndarray | None = None) -> TrackStep:
         """The tracker on plain arrays (what `update` calls).
 
         Args:
@@ -284,6 +328,8 @@ class PedestrianTracker:
             keypoint_occluded: bool [D, 13], True where the joint is estimated hidden.
             stamp_s: the frame's time, seconds.
             image_size: (rows, columns) of the frame, or None (see `update`).
+            colours: float [D, NUM_BANDS, 3] CIELAB band colours of the detections
+                (`appearance.band_colours`, NaN where unknown), or None = geometry only.
         """
         config = self.config
         ended: list[int] = []
@@ -317,7 +363,9 @@ class PedestrianTracker:
         found = scores >= config.keypoint_threshold
         seen = found & ~occluded  # joints whose position the detection shows
 
-        track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded, image_size)
+        if colours is not None:
+            colours = np.asarray(colours, np.float64).reshape(count, NUM_BANDS, 3)
+        track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded, image_size, colours)
         track_ids = np.zeros(count, np.int64)
         if len(track_rows):
             measurements = kalman.boxes_to_measurements(boxes[detection_rows])
@@ -332,6 +380,8 @@ class PedestrianTracker:
                 self._obs_cut[track_rows] = self._horizontal_cut(boxes[detection_rows], image_size)
             self._last_matched[track_rows] = stamp_s
             self._hits[track_rows] += 1
+            if colours is not None:
+                self._learn_colours(track_rows, colours[detection_rows])
             track_ids[detection_rows] = self.ids[track_rows]
         self._missed += 1
         self._missed[track_rows] = 0
@@ -342,6 +392,8 @@ class PedestrianTracker:
             self._start_tracks(boxes[new_rows], stamp_s)
             if image_size is not None:
                 self._obs_cut[-len(new_rows):] = self._horizontal_cut(boxes[new_rows], image_size)
+            if colours is not None:
+                self._colours[-len(new_rows):] = colours[new_rows]
             track_ids[new_rows] = self.ids[-len(new_rows):]
             track_rows = np.concatenate([track_rows, np.arange(len(self.ids) - len(new_rows), len(self.ids))])
             detection_rows = np.concatenate([detection_rows, new_rows])
@@ -380,13 +432,20 @@ class PedestrianTracker:
         return config.iou_weight * iou + (1.0 - config.iou_weight) * keypoint_similarity
 
     def _associate(self, boxes: np.ndarray, keypoints: np.ndarray, found: np.ndarray, occluded: np.ndarray,
-                   image_size: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
-        """(track rows, detection rows) of the matched pairs, by maximum total similarity."""
+                   image_size: tuple[int, int] | None,
+                   colours: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """(track rows, detection rows) of the matched pairs, by maximum total score (see TrackerConfig)."""
         if not len(self.ids) or not len(boxes):
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         config = self.config
         similarity = self.similarity(boxes, keypoints, found, occluded)
         allowed = similarity >= config.min_similarity
+        appearance = None
+        if colours is not None and config.appearance_weight > 0.0:
+            # Clearly different clothes are never the same person (TrackerConfig.appearance_min_similarity);
+            # NaN (colours unknown on either side) compares False, so such pairs stay allowed.
+            appearance = colour_similarity(self._colours, colours, config.appearance_std)
+            allowed &= ~(appearance < config.appearance_min_similarity)
         # A person's height cannot jump between frames: such a pair is two people overlapping (the near
         # one's big box over the far one's track), however much the boxes overlap. Except at the image
         # border, where the box of a person walking in or out is cut by it.
@@ -402,6 +461,11 @@ class PedestrianTracker:
         # similarity alone.
         score = ((1.0 - config.height_weight) * similarity
                  + config.height_weight * np.exp(-0.5 * (log_ratio / config.height_std) ** 2))
+        if appearance is not None:
+            # Clothing colours (TrackerConfig.appearance_weight): pairs without colours on both sides keep
+            # their geometric score, so a track not yet seen in colour is neither favoured nor penalised.
+            score = np.where(np.isnan(appearance), score,
+                             (1.0 - config.appearance_weight) * score + config.appearance_weight * appearance)
         # Motion gate: where the Kalman filter says the track can be now. A coasting track's gate widens
         # with its uncertainty; a track just seen cannot jump onto the person walking past it.
         if config.gate_probability < 1.0:
@@ -428,6 +492,18 @@ class PedestrianTracker:
             return np.zeros(0, np.int64), np.zeros(0, np.int64)
         return (np.concatenate(matched_tracks).astype(np.int64),
                 np.concatenate(matched_detections).astype(np.int64))
+
+    def _learn_colours(self, track_rows: np.ndarray, colours: np.ndarray) -> None:
+        """Fold matched detections' band colours [M, NUM_BANDS, 3] (CIELAB) into their tracks' averages.
+
+        A band the detection has no colour for leaves the track's as it was; one the track has never seen
+        takes the detection's. (Learning also while people overlap: each one's colours come from their own
+        visible mask, and skipping those frames measured no better on the development seeds.)
+        """
+        old = self._colours[track_rows]
+        rate = self.config.appearance_rate
+        blended = np.where(np.isnan(old), colours, (1.0 - rate) * old + rate * colours)
+        self._colours[track_rows] = np.where(np.isnan(colours), old, blended)
 
     def _horizontal_cut(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """Per box [N, 4]: 1 if cut by the left image border only, -1 by the right only, else 0."""
@@ -501,6 +577,7 @@ class PedestrianTracker:
         self._missed = np.concatenate([self._missed, np.zeros(count, np.int64)])
         self._joint_offsets = np.concatenate([self._joint_offsets, np.zeros((count, NUM_KEYPOINTS, 2))])
         self._joint_seen = np.concatenate([self._joint_seen, np.full((count, NUM_KEYPOINTS), -np.inf)])
+        self._colours = np.concatenate([self._colours, np.full((count, NUM_BANDS, 3), np.nan)])
 
     def _carry_joints(self, track_rows: np.ndarray, detection_rows: np.ndarray, boxes: np.ndarray,
                       keypoints: np.ndarray, seen: np.ndarray, occluded: np.ndarray,

@@ -44,6 +44,16 @@ from occluded_ppe_training.datasets.synthetic import (COCO_SKELETON, L_ANKLE, L_
 
 # Ground-truth visibility below which a person counts as fully hidden (no detector sees them).
 FULLY_HIDDEN_VISIBILITY = 0.05
+CLOTHINGS = ('random', 'palette')
+# VideoConfig.clothing == 'palette': RGB colours of tops and of trousers with their draw weights, heavy on
+# black, greys, navy, denim and beige, as people dress in a street (rough shares, not a survey).
+CLOTHING_PALETTE = {
+    'shirt': (((25, 25, 28), 4), ((70, 70, 75), 2), ((130, 130, 135), 2), ((225, 225, 220), 3),
+              ((30, 40, 80), 2), ((95, 120, 160), 1), ((190, 170, 135), 1), ((100, 70, 50), 1),
+              ((85, 90, 55), 1), ((120, 30, 40), 1), ((190, 45, 45), 1), ((230, 200, 60), 0.5)),
+    'pants': (((25, 25, 28), 5), ((65, 65, 70), 2), ((30, 40, 70), 2), ((60, 85, 125), 3),
+              ((185, 165, 130), 1), ((95, 70, 50), 1)),
+}
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,12 @@ class VideoConfig:
         num_small_occluders: parked cars, bins and bushes (hide legs or hips).
         nearest_person_height: a person on the bottom image row is this fraction of the frame height tall.
         jpeg_quality: JPEG quality of the written frames.
+        clothing: 'random' = shirt and trousers colours drawn uniformly from the RGB cube (the still
+            generator's people: almost every person's colours are unique, an easy case for an appearance
+            cue); 'palette' = drawn from `CLOTHING_PALETTE`, a few common street-clothing colours weighted
+            toward dark and neutral ones, +-10 % brightness per person, so that several people of a
+            sequence dress alike as in a real street. Everything else of the sequence (places, timing,
+            occluders, truth) is the same for both.
     """
 
     width: int = 480
@@ -72,6 +88,11 @@ class VideoConfig:
     num_small_occluders: int = 2
     nearest_person_height: float = 0.7
     jpeg_quality: int = 90
+    clothing: str = 'random'
+
+    def __post_init__(self) -> None:
+        if self.clothing not in CLOTHINGS:
+            raise ValueError(f'clothing must be one of {CLOTHINGS}, got {self.clothing!r}')
 
     @property
     def num_frames(self) -> int:
@@ -129,14 +150,28 @@ def _swing(body: _Body, angle: float) -> _Body:
     return replace(body, joints=joints)
 
 
+def _palette_colour(rng: np.random.Generator, garment: str) -> tuple[int, int, int]:
+    """A colour of CLOTHING_PALETTE[garment] by its weight, its brightness varied by +-10 %."""
+    colours, weights = zip(*CLOTHING_PALETTE[garment])
+    weights = np.asarray(weights, np.float64)
+    colour = colours[int(rng.choice(len(colours), p=weights / weights.sum()))]
+    return still._shade(colour, rng.uniform(0.9, 1.1))
+
+
 def _walkers(rng: np.random.Generator, config: VideoConfig, horizon: int) -> list[_Walker]:
     walkers = []
     ground = config.height - horizon
+    # Palette colours from a child stream: the sequence's own stream (places, timing, occluders) stays
+    # what it is with random clothing.
+    palette_rng = rng.spawn(1)[0] if config.clothing == 'palette' else None
     for _ in range(config.num_people):
         body = still._pose_body(rng, 0.0)
         direction = 1.0 if rng.random() < 0.5 else -1.0
         body = replace(body, yaw=direction * math.pi / 2)  # side view, facing where they walk
         painter = _PersonPainter(rng, body)
+        if palette_rng is not None:
+            painter.shirt = _palette_colour(palette_rng, 'shirt')
+            painter.pants = _palette_colour(palette_rng, 'pants')
         low, high = painter.extent()
         foot_y = rng.uniform(horizon + 0.45 * ground, config.height - 3)
         person_height = config.nearest_person_height * config.height * (foot_y - horizon) / ground

@@ -7,7 +7,8 @@
 `pose_min_score` (the Predictor sets it to its score threshold, so the pose cost follows the people in
 view, not K), and scatters the pose rows back into contract 4's K-row outputs (rows without a pose pass
 are valid = False). Then the model's score calibration (inference/score_calibration.py, when its config
-has one) replaces the posed rows' detector scores by the person probability. Each graph runs in one of three runners with the same `run(feeds) -> dict` shape:
+has one) replaces the posed rows' detector scores by the person probability. Each graph runs in one of
+three runners with the same `run(feeds) -> dict` shape:
 PyTorch (the modules), ONNX Runtime (the exported files), TensorRT (engines built from them).
 """
 from __future__ import annotations
