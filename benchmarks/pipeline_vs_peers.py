@@ -45,6 +45,7 @@ from occluded_ppe_ros.inference.coco_results import pedestrians_to_coco_results 
 from occluded_ppe_ros.peers import DEFAULT_PEER_DIR, PeerSettings, available_peers, create_peer  # noqa: E402
 from occluded_ppe_ros.skeleton import OKS_SIGMAS, coco17_to_13  # noqa: E402
 from occluded_ppe_ros.source_tree import import_training_from_source  # noqa: E402
+from occluded_ppe_ros.tracking.tracker import box_iou  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / 'shared' / 'data' / 'coco_train2017_person_kp'
 THRESHOLD_GRID = np.round(np.arange(0.05, 0.96, 0.05), 2)
@@ -82,16 +83,6 @@ def run_model(predict, loaded: list[tuple[int, np.ndarray]], warmup: int = 2):
         people[image_id] = predict(image)
         latencies.append((time.perf_counter() - start) * 1000)
     return people, latencies
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of a [P, 4] and b [Q, 4] (x1, y1, x2, y2)."""
-    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None] - inter, 1e-9)
 
 
 def matched_joints(gt: dict, people: dict) -> list[dict]:

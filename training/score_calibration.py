@@ -21,21 +21,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from occluded_ppe_ros.inference.score_calibration import FEATURE_NAMES, calibration_features
+from occluded_ppe_ros.inference.score_calibration import (FEATURE_NAMES, calibrated_probability,
+                                                          posed_row_features)
+from occluded_ppe_ros.tracking.tracker import box_iou
 from occluded_ppe_training.datasets.splits import in_split
 
 DEFAULT_L2 = 1e-2        # two-fold cross-validation on the training split: 1e-3 and 1e-2 within 0.001 AP50
 MATCH_IOU = 0.5
-
-
-def box_iou(first: np.ndarray, second: np.ndarray) -> np.ndarray:
-    """Intersection over union of first [P, 4] and second [Q, 4] (x1, y1, x2, y2): float [P, Q]."""
-    top_left = np.maximum(first[:, None, :2], second[None, :, :2])
-    bottom_right = np.minimum(first[:, None, 2:], second[None, :, 2:])
-    inter = np.clip(bottom_right - top_left, 0, None).prod(-1)
-    area_first = np.clip(first[:, 2:] - first[:, :2], 0, None).prod(-1)
-    area_second = np.clip(second[:, 2:] - second[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(area_first[:, None] + area_second[None] - inter, 1e-9)
 
 
 def match_labels(boxes: np.ndarray, truth_boxes: np.ndarray, iou: float = MATCH_IOU) -> np.ndarray:
@@ -49,7 +41,7 @@ def match_labels(boxes: np.ndarray, truth_boxes: np.ndarray, iou: float = MATCH_
     labels = np.zeros(len(boxes))
     if len(boxes) == 0 or len(truth_boxes) == 0:
         return labels
-    overlap = box_iou(np.asarray(boxes, np.float64), np.asarray(truth_boxes, np.float64))
+    overlap = box_iou(boxes, truth_boxes)
     free = np.ones(len(truth_boxes), dtype=bool)
     for row in range(len(boxes)):
         candidates = np.where(free, overlap[row], -1.0)
@@ -131,15 +123,11 @@ def collect_cues(backend, annotation_file: Path, image_dir: Path, split: str) ->
             raise FileNotFoundError(f'cannot read image {path} (listed in {annotation_file})')
         tensor, geometry = letterbox(np.ascontiguousarray(bgr[:, :, ::-1]), backend.input_size)
         outputs = backend.run(tensor[None])
-        rows = np.flatnonzero(outputs['valid'][0])
+        rows, features = posed_row_features(outputs, 0, backend.mask_threshold)
         if rows.size == 0:
             continue
-        rows = rows[np.argsort(-outputs['scores'][0, rows], kind='stable')]
-        boxes = outputs['boxes'][0, rows]
-        cues.append(calibration_features(boxes, outputs['scores'][0, rows],
-                                         outputs['keypoints'][0, rows, :, 2], outputs['masks'][0, rows],
-                                         backend.mask_threshold))
-        labels.append(match_labels(geometry.boxes_to_image(boxes),
+        cues.append(features)
+        labels.append(match_labels(geometry.boxes_to_image(outputs['boxes'][0, rows]),
                                    np.asarray(truths.get(int(info['id']), []), np.float64).reshape(-1, 4)))
         scores.append(outputs['scores'][0, rows])
     if not cues:
@@ -176,8 +164,6 @@ def main(argv: list[str] | None = None) -> int:
     cues, labels, scores = collect_cues(backend, annotation_file, args.data / 'images', args.split)
     model = fit_logistic(cues, labels, args.l2)
     calibration = {'features': list(FEATURE_NAMES), **model}
-    from occluded_ppe_ros.inference.score_calibration import calibrated_probability
-
     fit = {'split': args.split, 'boxes': int(len(labels)), 'matched': int(labels.sum()), 'l2': args.l2,
            'log_loss_detector_score': round(log_loss(scores, labels), 4),
            'log_loss_calibrated': round(log_loss(calibrated_probability(cues, calibration), labels), 4)}

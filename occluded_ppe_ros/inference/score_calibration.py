@@ -105,6 +105,28 @@ def calibrated_probability(features: np.ndarray, calibration: Mapping) -> np.nda
     return 1.0 / (1.0 + np.exp(-np.clip(logits, -60.0, 60.0)))
 
 
+def posed_row_features(outputs: dict[str, np.ndarray], image: int, mask_threshold: float
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The posed rows of one image of contract-4 outputs, best detector score first, and their cues.
+
+    Args:
+        outputs: boxes [B, K, 4], scores [B, K] (the detector's), valid [B, K], keypoints [B, K, J, 3],
+            masks [B, K, M, M].
+        image: index into B.
+        mask_threshold: the model's mask probability cut.
+
+    Returns:
+        (rows int [N] into K, in the order the "ranked above" cues rely on; features float64 [N, F]).
+    """
+    scores = outputs['scores'][image]
+    rows = np.flatnonzero(outputs['valid'][image])
+    rows = rows[np.argsort(-scores[rows], kind='stable')]
+    features = calibration_features(outputs['boxes'][image, rows], scores[rows],
+                                    outputs['keypoints'][image, rows, :, 2], outputs['masks'][image, rows],
+                                    mask_threshold)
+    return rows, features
+
+
 def calibrate_scores(outputs: dict[str, np.ndarray], calibration: Mapping, mask_threshold: float
                      ) -> dict[str, np.ndarray]:
     """Replace the valid rows' scores of contract-4 outputs by the calibrated probability; best first again.
@@ -124,15 +146,9 @@ def calibrate_scores(outputs: dict[str, np.ndarray], calibration: Mapping, mask_
     scores = np.asarray(outputs['scores'], dtype=np.float32).copy()
     valid = np.asarray(outputs['valid'], dtype=bool)
     for image in range(scores.shape[0]):
-        rows = np.flatnonzero(valid[image])
-        if rows.size == 0:
-            continue
-        # rows keep the detector's order, which the "ranked above" cues rely on
-        rows = rows[np.argsort(-scores[image, rows], kind='stable')]
-        features = calibration_features(outputs['boxes'][image, rows], scores[image, rows],
-                                        outputs['keypoints'][image, rows, :, 2],
-                                        outputs['masks'][image, rows], mask_threshold)
-        scores[image, rows] = calibrated_probability(features, calibration)
+        rows, features = posed_row_features(outputs, image, mask_threshold)
+        if rows.size:
+            scores[image, rows] = calibrated_probability(features, calibration)
     order = np.argsort(-np.where(valid, scores, scores - 2.0), axis=1, kind='stable')
     calibrated = {}
     for name, value in outputs.items():
