@@ -22,8 +22,9 @@ Visibility is the visible share of the whole body, also the part outside the ima
 into the frame is not detected as a 40 %-visible person. The tracker (node defaults, given the frame size)
 runs over them and `ppe eval tracking`'s code scores the tracks (motmetrics
 MOTA, IDF1; identity switches per full occlusion). Targets: IDF1 >= 0.8, <= 0.1 identity switches per
-full occlusion of up to 1 s. `--set NAME=VALUE` overrides a TrackerConfig field (for tuning on the
-development seeds 0-5; the held-out seeds 10-15 are for reporting only).
+full occlusion of up to 1 s. `--set NAME=VALUE` overrides a TrackerConfig field (`noise.NAME`: a
+MotionNoise one; for tuning on the development seeds 0-5; the held-out seeds 10-15 are for reporting
+only).
 
 Cost: PedestrianTracker.update (what the node calls, Pedestrian objects in and out, with a 1280 x 720
 frame and each person's elliptic mask, unless --no-image) on frames with 20 people walking to and fro
@@ -62,12 +63,31 @@ NO_MASK = (np.zeros((1, 1), bool), np.zeros(2, int))
 
 
 def node_default_config(overrides: dict[str, str] | None = None) -> TrackerConfig:
-    """The tracker as ppe_node runs it with config/ppe.yaml's defaults, TrackerConfig fields overridden."""
+    """The tracker as ppe_node runs it with config/ppe.yaml's defaults, TrackerConfig fields overridden.
+
+    `overrides`: field name -> value text; `noise.NAME` sets a field of the Kalman filter's MotionNoise.
+    Raises ValueError naming an unknown field or a value of the wrong kind.
+    """
     config = TrackerConfig.from_parameters({spec.name: spec.default for spec in PARAMETERS})
-    changes = {}
+    changes: dict[str, object] = {}
+    noise_changes: dict[str, object] = {}
     for name, text in (overrides or {}).items():
-        kind = type(getattr(config, name))
-        changes[name] = text.lower() in ('1', 'true', 'yes') if kind is bool else kind(text)
+        target, field_name, bucket = config, name, changes
+        if name.startswith('noise.'):
+            target, field_name, bucket = config.noise, name.removeprefix('noise.'), noise_changes
+        known = [f.name for f in dataclasses.fields(target)]
+        if field_name not in known:
+            prefix = 'noise.' if target is config.noise else ''
+            raise ValueError(f'--set {name}: no such field; choose from '
+                             + ', '.join(prefix + k for k in known if k != 'noise')
+                             + ('' if prefix else ', noise.<field>'))
+        kind = type(getattr(target, field_name))
+        try:
+            bucket[field_name] = text.lower() in ('1', 'true', 'yes') if kind is bool else kind(text)
+        except ValueError:
+            raise ValueError(f'--set {name}={text}: not a {kind.__name__}') from None
+    if noise_changes:
+        changes['noise'] = dataclasses.replace(config.noise, **noise_changes)
     return dataclasses.replace(config, **changes)
 
 
@@ -211,10 +231,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--no-image', action='store_true',
                         help='geometry only: no frames rendered, no masks, no appearance cue')
     parser.add_argument('--set', action='append', default=[], metavar='NAME=VALUE',
-                        help='override a TrackerConfig field, e.g. appearance_weight=0.5 (repeatable)')
+                        help='override a TrackerConfig field, e.g. appearance_weight=0.5, or a MotionNoise '
+                             'field as noise.NAME, e.g. noise.acceleration_std=0.5 (repeatable)')
     args = parser.parse_args(argv)
     config = VideoConfig(num_people=args.people, clothing=args.clothing)
-    tracker_config = node_default_config(dict(item.split('=', 1) for item in args.set))
+    try:
+        malformed = [item for item in args.set if '=' not in item]
+        if malformed:
+            raise ValueError(f'--set takes NAME=VALUE, got {malformed[0]!r}')
+        tracker_config = node_default_config(dict(item.split('=', 1) for item in args.set))
+    except ValueError as error:  # an unknown field, a bad value, or one TrackerConfig rejects: one line
+        print(f'{parser.prog}: error: {error}', file=sys.stderr)
+        return 2
     with_image = not args.no_image
     start = time.perf_counter()
     pairs = []

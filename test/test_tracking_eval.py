@@ -2,7 +2,9 @@
 on id-swapped tracks, occlusion events."""
 from __future__ import annotations
 
+import importlib.util
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -77,3 +79,18 @@ def test_synth_videos_then_eval_tracking_cli(tmp_path, capsys):
     assert 'MOTA 1.000' in capsys.readouterr().out
     assert ppe_main(['eval', 'tracking', '--gt', str(tmp_path / 'missing.txt'), '--results',
                      str(tmp_path / 'tracks.txt'), '--out', str(tmp_path / 'eval')]) == 2
+
+
+def test_tracking_benchmark_set_names_a_bad_field_in_one_line(capsys):
+    script = Path(__file__).resolve().parents[1] / 'benchmarks' / 'tracking.py'
+    spec = importlib.util.spec_from_file_location('tracking_benchmark', script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    config = benchmark.node_default_config({'min_similarity': '0.2', 'noise.acceleration_std': '0.4'})
+    assert config.min_similarity == 0.2 and config.noise.acceleration_std == 0.4
+    for item, message in (('min_simlarity=0.2', '--set min_simlarity: no such field'),
+                          ('noise.accel=1', '--set noise.accel: no such field'),
+                          ('min_similarity=abc', '--set min_similarity=abc: not a float')):
+        assert benchmark.main(['--set', item]) == 2
+        error = capsys.readouterr().err
+        assert error.count('\n') == 1 and message in error, error

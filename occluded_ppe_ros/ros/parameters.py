@@ -102,7 +102,7 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
     ParameterSpec('tracking_max_coast_s', 3.0, 'a person hidden (not detected) for longer than this loses '
                   'the track id; shorter occlusions keep it, seconds of header stamps', runtime=True,
                   minimum=0.0, maximum=60.0),
-    ParameterSpec('tracking_min_similarity', 0.3, 'a track and a detection less similar than this (box IoU '
+    ParameterSpec('tracking_min_similarity', 0.15, 'a track and a detection less similar than this (box IoU '
                   'mixed with keypoint OKS, [0, 1]) are never matched', runtime=True, minimum=0.0,
                   maximum=1.0),
     ParameterSpec('tracking_iou_weight', 0.5, 'weight of the box IoU in the similarity (the rest is keypoint '

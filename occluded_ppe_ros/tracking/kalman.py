@@ -31,15 +31,18 @@ class MotionNoise:
 
     Attributes:
         measurement_std: std of a detected box's cx, cy, w, h, as a fraction of its height.
-        acceleration_std: std of the white-noise acceleration, box heights per second squared (0.5: a
-            1.7-m person at 0.85 m/s^2, a brisk change of walking pace; 1.0 made the velocity follow
-            the box jitter, so that a track coasting for a second drifted off its person).
+        acceleration_std: std of the white-noise acceleration, box heights per second squared (0.35: a
+            1.7-m person at 0.6 m/s^2, a brisk change of walking pace). A walking person's box swings
+            with the stride (its edges stall and jump twice a second), so the lower this is, the longer
+            the span the velocity is averaged over: 0.5 left the velocity of a track seen for half a
+            second (a person just walked in) wrong enough that its coasted box missed them behind a van,
+            and 1.0 made the velocity follow the box jitter (benchmarks/tracking.py, development seeds).
         initial_velocity_std: std of the unknown rates of a new track, box heights per second
             (a walking adult covers about 0.8 body heights per second).
     """
 
     measurement_std: float = 0.05
-    acceleration_std: float = 0.5
+    acceleration_std: float = 0.35
     initial_velocity_std: float = 1.0
 
 

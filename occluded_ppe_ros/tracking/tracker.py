@@ -78,7 +78,10 @@ class TrackerConfig:
         max_coast_s: a track not matched for longer than this (seconds) ends; a person hidden for less
             keeps the id when they reappear near the predicted place.
         min_similarity: pairs of a track and a detection whose similarity (in [0, 1]) is below this are
-            never matched.
+            never matched. Low (0.15) on purpose: a track coasting behind an occluder reappears off its
+            predicted box by a good part of a box width (its velocity is a guess), so its similarity is low
+            however right the pair is; the motion gate, the height gate and the appearance gate are what
+            keep it off other people (0.3 lost such tracks, benchmarks/tracking.py).
         iou_weight: similarity = iou_weight x IoU + (1 - iou_weight) x keypoint similarity, [0, 1].
         keypoint_tolerance: factor on COCO's per-joint OKS tolerance (2 sigma_j x sqrt(box area)) in the
             keypoint similarity; > 0. 1 = COCO's OKS; larger forgives more motion between frames.
@@ -122,7 +125,7 @@ class TrackerConfig:
     """
 
     max_coast_s: float = 3.0
-    min_similarity: float = 0.3
+    min_similarity: float = 0.15
     iou_weight: float = 0.5
     keypoint_tolerance: float = 2.0
     keypoint_threshold: float = 0.1
