@@ -267,7 +267,9 @@ def test_track_lost_while_walking_in_at_the_border_coasts_at_the_walking_speed()
 
 def test_new_settings_are_validated_by_name():
     for kwargs, name in (({'height_weight': 1.5}, 'height_weight'), ({'height_std': 0.0}, 'height_std'),
-                         ({'reupdate_steps': -1}, 'reupdate_steps')):
+                         ({'reupdate_steps': -1}, 'reupdate_steps'),
+                         ({'motion_weight': 1.5}, 'motion_weight'),
+                         ({'border_width_ratio': -0.1}, 'border_width_ratio')):
         with pytest.raises(ValueError, match=name):
             TrackerConfig(**kwargs)
 
@@ -298,4 +300,47 @@ def test_young_track_entering_at_the_border_keeps_its_id_behind_a_van():
         return ids
 
     assert ids_seen(TrackerConfig()) == {1}
-    assert ids_seen(TrackerConfig(min_similarity=0.3)) == {1, 2}
+    assert ids_seen(TrackerConfig(min_similarity=0.3, border_width_ratio=0.0)) == {1, 2}
+    # Tracked by the cut box's free edge (border_width_ratio), the young track's velocity is right and
+    # the person reappears on the coasted box: kept even with the old floor.
+    assert ids_seen(TrackerConfig(min_similarity=0.3)) == {1}
+
+
+def test_track_of_a_person_walking_in_moves_with_the_free_edge_of_the_cut_box():
+    # An 80 x 200 px person walking in from the left at 90 px/s: for 12 frames only their right part is in
+    # the image, a box cut by the border whose centre moves at 45 px/s. Tracked as the free (right) edge
+    # plus a typical width (border_width_ratio), the track's velocity is the person's.
+    def track_after_walking_in(ratio: float) -> tuple[float, np.ndarray]:
+        tracker = PedestrianTracker(TrackerConfig(border_width_ratio=ratio))
+        for frame in range(12):
+            t = frame / FPS
+            right = 2.0 + 90.0 * t
+            tracker.update([_person([max(0.0, right - 80.0), 100.0, right, 300.0])], t, (400, 640))
+        return float(tracker._state[0, 4]), tracker.predicted_boxes[0]
+
+    velocity, box = track_after_walking_in(0.2)
+    assert velocity == pytest.approx(90.0, rel=0.05)
+    right = 2.0 + 90.0 * 11 / FPS
+    assert box[2] == pytest.approx(right, abs=2.0) and box[2] - box[0] == pytest.approx(0.2 * 200.0, abs=1.0)
+    velocity, _ = track_after_walking_in(0.0)
+    assert velocity == pytest.approx(45.0, rel=0.05)  # the cut box's centre: half the walking speed
+
+
+def test_detection_between_two_tracks_goes_to_the_one_it_is_fewer_deviations_from():
+    # Person 1 stands at x 80-120 and is seen every frame; person 2 stood at x 140-180 and has been hidden
+    # for 20 frames, so their track's position is uncertain. A detection at x 106-146 overlaps person 1's
+    # box a little more (24 px off), but is 2.3 standard deviations from their track and under one from the
+    # coasting one (34 px off): the motion term gives it to the coasting track, the box overlap alone not.
+    def id_of_detection(weight: float) -> int:
+        tracker = PedestrianTracker(TrackerConfig(motion_weight=weight))
+        for frame in range(30):
+            people = [_person([80.0, 100.0, 120.0, 300.0])]
+            if frame < 10:
+                people.append(_person([140.0, 100.0, 180.0, 300.0]))
+            tracker.update(people, frame / FPS)
+        distances = tracker.centre_distance(np.array([[106.0, 100.0, 146.0, 300.0]]))[:, 0]
+        assert distances[0] > 4.0 > 1.0 > distances[1]
+        return tracker.update([_person([106.0, 100.0, 146.0, 300.0])], 30 / FPS).pedestrians[0].track_id
+
+    assert id_of_detection(0.2) == 2
+    assert id_of_detection(0.0) == 1

@@ -15,12 +15,15 @@ Per frame:
    person near the predicted place); pairs below `min_similarity`, pairs whose box centres lie outside
    the track's Kalman gate (`gate_probability`, squared Mahalanobis distance) and pairs whose heights
    differ by more than `max_height_ratio` (except at the image border) are never matched. The
-   assignment maximises the similarity blended with a height consistency term (`height_weight`): a
-   person's amodal height barely changes while hidden, their width swings with the stride. One global
-   assignment for the confirmed tracks (`min_hits` matches), coasting or not, then one for the
-   unconfirmed tracks with the detections left. A coasting track keeps its last box size, and one whose
-   last box was cut by the left or right image border coasts at the speed of the box's free edge (the
-   cut box's centre moves at half the person's speed);
+   assignment maximises the similarity blended with a height consistency term (`height_weight`: a
+   person's amodal height barely changes while hidden, their width swings with the stride) and a motion
+   consistency term (`motion_weight`: how many standard deviations the detection lies from the track's
+   predicted centre). One global assignment for the confirmed tracks (`min_hits` matches), coasting or
+   not, then one for the unconfirmed tracks with the detections left. A coasting track keeps its last
+   box size. A narrow box cut by the left or right image border (a person walking in or out) is tracked
+   as its free edge plus a typical person width (`border_width_ratio`), so that its track moves at the
+   person's speed; a track whose last box was cut and wider than that coasts at the speed of the box's
+   free edge (the cut box's centre moves at half the person's speed);
 4. a matched track is corrected by the detection's box; one that had missed frames is re-filtered along
    a straight virtual path from its last match to the new box (OC-SORT's observation-centric re-update,
    `reupdate_steps`), so the velocity it leaves the occlusion with is the one it had behind it. An
@@ -97,6 +100,14 @@ class TrackerConfig:
             predicted centre (Kalman covariance plus measurement noise, a chi-square gate on the squared
             Mahalanobis distance with 2 degrees of freedom) is never matched to it, (0, 1]; 1 = no gate.
         border_margin_px: a box within this many pixels of the image border is cut by it (pixels).
+        border_width_ratio: a box cut by only the left or right image border and narrower than this times
+            its height is tracked as its free edge plus a box this times its height wide (a typical walker's
+            width), so that the track moves with the person walking in or out, not with the centre of the
+            part of them inside the image (which moves at half their speed); 0 = off. With image_size only.
+        motion_weight: share of the motion consistency exp(-d^2 / 2) in the score the assignment
+            maximises, [0, 1], d^2 the squared Mahalanobis distance of the detection's centre from the
+            track's prediction (as in the gate): of two tracks coasting near a detection, the one it is
+            fewer standard deviations from is preferred (not the one whose wide gate merely admits it).
         carry_occluded_joints: replace a joint flagged occluded by the track's carried-forward position of
             it (where it was last seen, relative to the box), when the track has seen it within
             max_coast_s.
@@ -136,6 +147,8 @@ class TrackerConfig:
     noise: MotionNoise = field(default_factory=MotionNoise)
     gate_probability: float = 0.9999
     border_margin_px: float = 2.0
+    border_width_ratio: float = 0.2
+    motion_weight: float = 0.2
     height_weight: float = 0.2
     height_std: float = 0.1
     reupdate_steps: int = 4
@@ -148,7 +161,7 @@ class TrackerConfig:
         if not self.max_coast_s >= 0.0:
             raise ValueError(f'max_coast_s must be >= 0 seconds, got {self.max_coast_s}')
         for name in ('min_similarity', 'iou_weight', 'keypoint_threshold', 'occluded_joint_weight',
-                     'appearance_weight', 'appearance_min_similarity'):
+                     'appearance_weight', 'appearance_min_similarity', 'motion_weight'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f'{name} must be in [0, 1], got {value}')
@@ -160,6 +173,8 @@ class TrackerConfig:
             raise ValueError(f'keypoint_tolerance must be > 0, got {self.keypoint_tolerance}')
         if not 0.0 <= self.height_weight <= 1.0:
             raise ValueError(f'height_weight must be in [0, 1], got {self.height_weight}')
+        if not self.border_width_ratio >= 0.0:
+            raise ValueError(f'border_width_ratio must be >= 0, got {self.border_width_ratio}')
         if not self.height_std > 0.0:
             raise ValueError(f'height_std must be > 0, got {self.height_std}')
         if not (isinstance(self.reupdate_steps, int) and self.reupdate_steps >= 0):
@@ -363,15 +378,19 @@ class PedestrianTracker:
         scores = np.asarray(keypoint_scores, np.float64).reshape(-1, NUM_KEYPOINTS)
         occluded = np.asarray(keypoint_occluded, bool).reshape(-1, NUM_KEYPOINTS)
         count = len(boxes)
+        # What the motion model sees of each box: a box cut by the left or right border is replaced by its
+        # free edge plus a typical person width (`_border_boxes`); outputs keep the detected boxes.
+        motion_boxes = boxes if image_size is None else self._border_boxes(boxes, image_size)
         found = scores >= config.keypoint_threshold
         seen = found & ~occluded  # joints whose position the detection shows
 
         if colours is not None:
             colours = np.asarray(colours, np.float64).reshape(count, NUM_BANDS, 3)
-        track_rows, detection_rows = self._associate(boxes, keypoints, found, occluded, image_size, colours)
+        track_rows, detection_rows = self._associate(motion_boxes, keypoints, found, occluded, image_size,
+                                                     colours)
         track_ids = np.zeros(count, np.int64)
         if len(track_rows):
-            measurements = kalman.boxes_to_measurements(boxes[detection_rows])
+            measurements = kalman.boxes_to_measurements(motion_boxes[detection_rows])
             self._state[track_rows], self._covariance[track_rows] = kalman.update(
                 self._state[track_rows], self._covariance[track_rows], measurements, config.noise)
             if config.reupdate_steps > 0:
@@ -380,7 +399,7 @@ class PedestrianTracker:
             self._obs_covariance[track_rows] = self._covariance[track_rows]
             self._obs_measurement[track_rows] = measurements
             if image_size is not None:
-                self._obs_cut[track_rows] = self._horizontal_cut(boxes[detection_rows], image_size)
+                self._obs_cut[track_rows] = self._horizontal_cut(motion_boxes[detection_rows], image_size)
             self._last_matched[track_rows] = stamp_s
             self._hits[track_rows] += 1
             if colours is not None:
@@ -392,9 +411,9 @@ class PedestrianTracker:
         unmatched[detection_rows] = False
         new_rows = np.flatnonzero(unmatched)
         if len(new_rows):
-            self._start_tracks(boxes[new_rows], stamp_s)
+            self._start_tracks(motion_boxes[new_rows], stamp_s)
             if image_size is not None:
-                self._obs_cut[-len(new_rows):] = self._horizontal_cut(boxes[new_rows], image_size)
+                self._obs_cut[-len(new_rows):] = self._horizontal_cut(motion_boxes[new_rows], image_size)
             if colours is not None:
                 self._colours[-len(new_rows):] = colours[new_rows]
             track_ids[new_rows] = self.ids[-len(new_rows):]
@@ -464,6 +483,13 @@ class PedestrianTracker:
         # similarity alone.
         score = ((1.0 - config.height_weight) * similarity
                  + config.height_weight * np.exp(-0.5 * (log_ratio / config.height_std) ** 2))
+        # Motion consistency (TrackerConfig.motion_weight): the Kalman likelihood of the detection's centre,
+        # without the normalising 1 / sqrt(det S), so that of two coasting tracks near a detection the one
+        # it is fewer standard deviations from wins, not the one with the larger uncertainty.
+        centre_distance = self.centre_distance(boxes)
+        if config.motion_weight > 0.0:
+            motion = np.exp(-0.5 * centre_distance)
+            score = (1.0 - config.motion_weight) * score + config.motion_weight * motion
         if appearance is not None:
             # Clothing colours (TrackerConfig.appearance_weight): pairs without colours on both sides keep
             # their geometric score, so a track not yet seen in colour is neither favoured nor penalised.
@@ -472,7 +498,7 @@ class PedestrianTracker:
         # Motion gate: where the Kalman filter says the track can be now. A coasting track's gate widens
         # with its uncertainty; a track just seen cannot jump onto the person walking past it.
         if config.gate_probability < 1.0:
-            allowed &= self.centre_distance(boxes) <= _chi2_2dof(config.gate_probability)
+            allowed &= centre_distance <= _chi2_2dof(config.gate_probability)
         score = np.where(allowed, score, _NO_MATCH)
         # One global assignment over the confirmed tracks (coasting or not), then the unconfirmed ones with
         # the detections left. Not a DeepSORT cascade by frames since the last match: that gives a track
@@ -514,6 +540,30 @@ class PedestrianTracker:
         left = boxes[:, 0] <= margin
         right = boxes[:, 2] >= image_size[1] - margin
         return np.where(left & ~right, 1.0, np.where(right & ~left, -1.0, 0.0))
+
+    def _border_boxes(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
+        """The boxes [N, 4] (x1, y1, x2, y2 pixels) as the motion model and the association see them.
+
+        A box cut by only the left (right) image border and narrower than border_width_ratio x its height
+        becomes its free right (left) edge with a box border_width_ratio x height wide reaching out of the
+        image. While a person walks in or out, the cut box's centre moves at half their speed and its width
+        changes with how much of them is inside; the free edge moves with the person. So the track's
+        velocity is the person's, not that of a growing or shrinking part of them. Other boxes unchanged.
+        """
+        ratio = self.config.border_width_ratio
+        if ratio <= 0.0:
+            return boxes
+        cut = self._horizontal_cut(boxes, image_size)
+        width = (boxes[:, 3] - boxes[:, 1]) * ratio
+        narrow = (cut != 0) & (boxes[:, 2] - boxes[:, 0] < width)
+        if not narrow.any():
+            return boxes
+        result = boxes.copy()
+        left = narrow & (cut > 0)
+        right = narrow & (cut < 0)
+        result[left, 0] = boxes[left, 2] - width[left]
+        result[right, 2] = boxes[right, 0] + width[right]
+        return result
 
     def _cut_by_border(self, boxes: np.ndarray, image_size: tuple[int, int]) -> np.ndarray:
         """Flag (bool [N]) boxes [N, 4] (pixels) within border_margin_px of an image edge (rows, cols)."""
