@@ -765,3 +765,83 @@ def test_selfie_mask_prior_at_a_smaller_side_reads_the_average_pooled_crop(netwo
         torch.testing.assert_close(instance[:, -1:],
                                    torch.nn.functional.avg_pool2d(expected, expected.shape[-1] // grid))
     assert maps['person_prior'].shape == (1, 1, 96, 96) and grid == 48
+
+
+# ----------------------------------------------------------------------------------------------------
+# 8. test-time flip augmentation (PipelineConfig.pose_flip_test)
+# ----------------------------------------------------------------------------------------------------
+
+def mirror_by_hand(maps: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """What MoveNet's maps of a mirrored crop would be, written from the docstring with plain loops:
+    column c -> w - 1 - c, joint k -> its left/right twin, x offset dx -> 0.75 - dx."""
+    twin = [0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15]
+    width = maps['heatmap'].shape[-1]
+    mirrored = {name: torch.empty_like(maps[name]) for name in ('center', 'heatmap', 'offset')}
+    for column in range(width):
+        source = width - 1 - column
+        mirrored['center'][..., column] = maps['center'][..., source]
+        for joint in range(17):
+            mirrored['heatmap'][:, twin[joint], :, column] = maps['heatmap'][:, joint, :, source]
+            mirrored['offset'][:, 2 * twin[joint], :, column] = maps['offset'][:, 2 * joint, :, source]
+            mirrored['offset'][:, 2 * twin[joint] + 1, :, column] = 0.75 - maps['offset'][:, 2 * joint + 1, :,
+                                                                                          source]
+    return mirrored
+
+
+def test_unmirror_head_maps_undoes_a_hand_mirrored_set_of_maps():
+    from occluded_ppe_ros.model.movenet import unmirror_head_maps
+
+    generator = torch.Generator().manual_seed(3)
+    maps = {'center': torch.rand(2, 1, 6, 5, generator=generator),
+            'heatmap': torch.rand(2, 17, 6, 5, generator=generator),
+            'offset': torch.randn(2, 34, 6, 5, generator=generator)}
+    back = unmirror_head_maps(mirror_by_hand(maps))
+    for name in maps:
+        torch.testing.assert_close(back[name], maps[name], atol=1e-6, rtol=0)
+
+
+def test_mirrored_crop_brought_back_finds_the_same_joints_on_real_people(thunder_net, network_input):
+    """Thunder on the mirrored crops of the sample's people, its maps brought back, decodes to the joints
+    the crops themselves give: left and right swapped back, x offsets mirrored (a mistake in either moves
+    joints by tens of crop pixels); and the flip-averaged pose stage stays on those joints."""
+    from occluded_ppe_ros.model.movenet import unmirror_head_maps
+
+    boxes, scores, _, valid = (tensor[0] for tensor in thunder_net.detector(network_input))
+    keep = valid & (scores > 0.5)
+    rois = torch.cat([torch.zeros(int(keep.sum()), 1), boxes[keep]], 1)
+    assert len(rois) >= 3
+    movenet = thunder_net.pose.movenet
+    with torch.no_grad():
+        crops, _ = thunder_net.pose.crops(network_input, rois)
+        own = movenet.forward_features(crops)
+        mirrored = unmirror_head_maps(movenet.forward_features(crops.flip(-1)))
+        own_joints = movenet.decode(own)
+        brought_back = movenet.decode({**own, **mirrored})
+        averaged = movenet.decode_mirror_averaged(own, movenet.forward_features(crops.flip(-1)))
+    crop_side = crops.shape[-1]
+    confident = (own_joints[..., 2] > 0.5) & (brought_back[..., 2] > 0.5)
+    assert confident.sum() >= 20
+    distance = (own_joints[..., :2] - brought_back[..., :2]).norm(dim=-1)[confident] * crop_side
+    assert float(distance.median()) < 3.0, distance
+    distance = (own_joints[..., :2] - averaged[..., :2]).norm(dim=-1)[confident] * crop_side
+    assert float(distance.median()) < 2.0, distance
+
+    flipped = copy.deepcopy(thunder_net)
+    flipped.cfg = flipped.pose.cfg = PipelineConfig(pose_flip_test=True)
+    with torch.no_grad():
+        plain_keypoints, plain_occluded, plain_masks = thunder_net.pose(network_input, rois)
+        keypoints, occluded, masks = flipped.pose(network_input, rois)
+    assert keypoints.shape == plain_keypoints.shape and masks.shape == plain_masks.shape
+    assert occluded.shape == plain_occluded.shape
+    seen = (plain_keypoints[..., 2] > 0.5) & (keypoints[..., 2] > 0.5)
+    assert float((plain_keypoints[..., :2] - keypoints[..., :2]).norm(dim=-1)[seen].median()) < 2.0
+    assert not torch.equal(keypoints, plain_keypoints)      # the mirrored pass did take part
+
+
+def test_pose_flip_test_is_validated_and_reads_false_from_older_checkpoints():
+    with pytest.raises(ValueError, match="pose_flip_test.*'yes'"):
+        PipelineConfig(pose_flip_test='yes')
+    assert PipelineConfig.from_dict(PipelineConfig(pose_flip_test=True).to_dict()).pose_flip_test is True
+    old = PipelineConfig().to_dict()
+    del old['pose_flip_test']
+    assert PipelineConfig.from_dict(old).pose_flip_test is False

@@ -351,13 +351,18 @@ def main(argv: list[str] | None = None) -> int:
                              'joints and mask); the validation crops never get one. 1 raised the '
                              'validation fifth\'s flag balanced accuracy 0.691 -> 0.736 and mask IoU '
                              '0.516 -> 0.531 (Thunder heads, each at its chosen epoch)')
+    parser.add_argument('--pose-flip-test', action='store_true',
+                        help='the checkpoint runs each crop mirrored as well and averages (PipelineConfig.'
+                             'pose_flip_test: inference only, the heads train the same; doubles the pose '
+                             'graph\'s time)')
     parser.add_argument('--no-validate', dest='validate', action='store_false',
                         help='train on every image of --split (default: keep a fifth out to pick epochs)')
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     random.seed(args.seed)
     cfg = PipelineConfig(detectors=tuple(args.detectors), pose_variant=args.pose_variant,
-                         mask_prior=args.mask_prior, mask_prior_size=args.mask_prior_size)
+                         mask_prior=args.mask_prior, mask_prior_size=args.mask_prior_size,
+                         pose_flip_test=args.pose_flip_test)
     from occluded_ppe_ros.model.movenet import load_movenet_single_pose
     from occluded_ppe_ros.model.pipeline import build_pipeline, import_pretrained_parts
 
