@@ -9,9 +9,10 @@ yields every detection it keeps (the most conversion work: a random-initialised 
 shipped pipeline 20 on the sample photo); `--score-threshold 0.25` measures the shipped operating point
 (5 people on the sample photo). The people per frame are reported. Output sets: 'core' subscribes
 detections, poses and markers (what a planner and RViz's Camera display use); 'all' adds masks and the
-rendered overlay (the worst case: they are only produced while someone subscribes). Frames are sent one
-at a time (the next after the last output of the previous one arrived), best effort, bgr8 (so decoding
-includes the colour conversion).
+rendered overlay (the worst case: they are only produced while someone subscribes; the overlay at the
+node's default overlay_max_side of 1024 px, so 1024x512 for a 2048x1024 frame, the masks at full size).
+Frames are sent one at a time (the next after the last output of the previous one arrived), best effort,
+bgr8 (so decoding includes the colour conversion).
 
 Per size: e2e = mean over the frames of (last output's arrival - publish call), in this process;
 model = the node's own mean of preprocess + inference + postprocess (Predictor.last_timings) over the

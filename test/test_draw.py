@@ -94,3 +94,78 @@ def test_blend_mask_table_matches_per_pixel_blending():
     crop[inside] = (crop[inside].astype(np.float32) * (1.0 - 0.45) + tint * 0.45 + 0.5).astype(np.uint8)
     draw.blend_mask(image, pedestrian, (200, 30, 90), 0.45)
     np.testing.assert_array_equal(image, expected)
+
+
+def test_overlay_size_caps_the_long_side_and_never_enlarges():
+    assert draw.overlay_size(1024, 2048, 1024) == (512, 1024)
+    assert draw.overlay_size(1080, 1920, 1024) == (576, 1024)
+    assert draw.overlay_size(2048, 1024, 1024) == (1024, 512)  # portrait: the height is the long side
+    assert draw.overlay_size(480, 640, 1024) == (480, 640)
+    assert draw.overlay_size(1024, 1024, 1024) == (1024, 1024)
+    assert draw.overlay_size(1024, 2048, 0) == (1024, 2048)     # 0 = no cap
+    assert draw.overlay_size(1, 5000, 64) == (1, 64)            # never a zero side
+
+
+def test_shrink_image_sizes_anti_aliasing_and_a_fitting_image_untouched():
+    image = np.full((1024, 2048, 3), 77, np.uint8)
+    for height, width in ((512, 1024), (320, 640), (100, 333)):
+        small = draw.shrink_image(image, height, width)
+        assert small.shape == (height, width, 3) and (small == 77).all()
+    assert draw.shrink_image(image, 1024, 2048) is image
+    # A one-pixel checkerboard averages to grey instead of aliasing to black or white stripes.
+    checker = ((np.indices((1024, 2048)).sum(0) % 2) * 255).astype(np.uint8)[..., None].repeat(3, 2)
+    small = draw.shrink_image(checker, 320, 640)
+    assert abs(float(small.mean()) - 127.5) < 2.0 and float(small.std()) < 3.0
+
+
+def test_render_on_a_reduced_canvas_draws_at_the_scaled_place():
+    """Results in the pixels of a 2048 x 1024 frame, drawn on its 1024 x 512 overlay (the node's default)."""
+    keypoints = np.zeros((13, 2), np.float32)
+    keypoints[0] = (1201.0, 601.0)   # canvas (600.5, 300.5): the centre of pixel row 300, column 600
+    keypoints[1] = (1601.0, 201.0)   # canvas pixel row 100, column 800
+    scores = np.zeros(13, np.float32)
+    scores[[0, 1]] = 0.9
+    occluded = np.zeros(13, bool)
+    occluded[1] = True
+    # Mask: source columns 420..619, rows 300..699 -> canvas columns 210..309, rows 150..349.
+    person = Pedestrian(box=np.array([400, 200, 800, 1000], np.float32), class_id=0, class_name='pedestrian',
+                        score=0.8, mask=np.ones((400, 200), bool), mask_origin=np.array([420, 300]),
+                        keypoints=keypoints, keypoint_scores=scores, keypoint_occluded=occluded)
+    canvas = np.full((512, 1024, 3), 100, np.uint8)
+    draw.render_overlay(canvas, [person], 0.3, mask_alpha=1.0, draw_labels=False, source_size=(1024, 2048))
+    colour = draw.instance_color(0)
+    # Box [400, 200, 800, 1000] -> [200, 100, 400, 500]: columns 200 and 399, rows 100 and 499.
+    for row, column in ((300, 200), (300, 399), (100, 300), (499, 300)):
+        np.testing.assert_array_equal(canvas[row, column], colour)
+    for row, column in ((300, 196), (300, 403), (96, 300), (503, 300), (420, 380)):
+        np.testing.assert_array_equal(canvas[row, column], (100, 100, 100))
+    # Mask edges, exactly: the tint starts at canvas column 210 / row 150 and ends at 309 / 349.
+    for row, column in ((250, 210), (250, 309), (150, 260), (349, 260)):
+        np.testing.assert_array_equal(canvas[row, column], colour)
+    for row, column in ((250, 209), (250, 310), (149, 260), (350, 260)):
+        np.testing.assert_array_equal(canvas[row, column], (100, 100, 100))
+    np.testing.assert_array_equal(canvas[300, 600], draw.VISIBLE_COLOR)
+    np.testing.assert_array_equal(canvas[100, 800], draw.OCCLUDED_COLOR)
+    with pytest.raises(ValueError, match='source_size'):
+        draw.render_overlay(canvas, [person], 0.3, source_size=(0, 2048))
+
+
+@pytest.mark.parametrize('canvas_size', [(26, 37), (70, 100), (140, 45)])
+def test_scaled_mask_is_the_nearest_neighbour_sample_under_each_canvas_pixel(canvas_size):
+    rng = np.random.default_rng(3)
+    source_height, source_width = 70, 100
+    mask = rng.random((50, 40)) < 0.5
+    person = Pedestrian(box=np.array([-5, 10, 35, 60], np.float32), class_id=0, class_name='pedestrian',
+                        score=0.9, mask=mask, mask_origin=np.array([-5, 30]),  # cut by the left and bottom
+                        keypoints=np.zeros((13, 2), np.float32), keypoint_scores=np.zeros(13, np.float32),
+                        keypoint_occluded=np.zeros(13, bool))
+    full = np.zeros((source_height, source_width), bool)
+    full[30:70, 0:35] = mask[:40, 5:]
+    height, width = canvas_size
+    scale = (width / source_width, height / source_height)
+    rows = np.floor((np.arange(height) + 0.5) / scale[1]).astype(int)
+    columns = np.floor((np.arange(width) + 0.5) / scale[0]).astype(int)
+    expected = full[rows][:, columns]
+    canvas = np.zeros((height, width, 3), np.uint8)
+    draw.blend_mask(canvas, person, (255, 255, 255), 1.0, scale)
+    np.testing.assert_array_equal(canvas[..., 0] == 255, expected)

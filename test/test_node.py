@@ -374,6 +374,54 @@ def test_outputs_without_a_subscriber_are_not_built(spinning_executor, checkpoin
         lambda: all(probe.outputs_for(topic, _header(6)) for topic in Probe.TOPICS[:5]), timeout=30.0)
 
 
+def test_overlay_of_a_large_frame_is_capped_with_the_results_at_the_scaled_place(spinning_executor,
+                                                                                    checkpoint):
+    """overlay_max_side (default 1024): a 2048x1024 frame's overlay is 1024x512, drawn at the scaled place."""
+    from rclpy.parameter import Parameter
+
+    from occluded_ppe_ros import draw
+    from occluded_ppe_ros.inference.results import Pedestrian
+
+    node = start_node(spinning_executor, checkpoint, max_frame_age_ms=0.0)
+    activate(node)
+    assert node.get_parameter('overlay_max_side').value == 1024
+    person = Pedestrian(box=np.array([400, 200, 800, 1000], np.float32), class_id=0, class_name='pedestrian',
+                        score=0.8, mask=np.zeros((1, 1), bool), mask_origin=np.array([0, 0]),
+                        keypoints=np.zeros((13, 2), np.float32), keypoint_scores=np.zeros(13, np.float32),
+                        keypoint_occluded=np.zeros(13, bool))
+    grey = np.full((1024, 2048, 3), 90, np.uint8)
+    message = node._overlay(_header(8), grey, [person], 0.5)
+    assert (message.width, message.height, message.step, message.encoding) == (1024, 512, 3072, 'rgb8')
+    assert message.header == _header(8)
+    overlay = np.frombuffer(message.data, np.uint8).reshape(512, 1024, 3)
+    colour = draw.instance_color(0)
+    for row, column in ((300, 200), (300, 399), (100, 300), (499, 300)):  # the box's edges, halved
+        np.testing.assert_array_equal(overlay[row, column], colour)
+    for row, column in ((300, 300), (300, 196), (300, 403), (20, 20)):
+        np.testing.assert_array_equal(overlay[row, column], (90, 90, 90))
+    # 0 = full resolution; a smaller frame keeps its size under any cap; a cap below 64 is refused.
+    assert node.set_parameters([Parameter('overlay_max_side', value=0)])[0].successful
+    full = node._overlay(_header(8), grey, [person], 0.5)
+    assert (full.width, full.height) == (2048, 1024)
+    np.testing.assert_array_equal(np.frombuffer(full.data, np.uint8).reshape(1024, 2048, 3)[600, 400], colour)
+    assert node.set_parameters([Parameter('overlay_max_side', value=640)])[0].successful
+    small = node._overlay(_header(8), grey[:480, :640], [], 0.5)
+    assert (small.width, small.height) == (640, 480)
+    result = node.set_parameters([Parameter('overlay_max_side', value=32)])[0]
+    assert not result.successful and 'overlay_max_side=32' in result.reason
+    assert node.get_parameter('overlay_max_side').value == 640
+    assert node.set_parameters([Parameter('overlay_max_side', value=1024)])[0].successful
+
+    # Over DDS: a 2048x1024 frame in, its 1024x512 overlay out (and the masks at the input size).
+    probe = Probe(spinning_executor)
+    frame = make_image_message(2048, 1024, stamp_sec=303)
+    assert probe.publish_until(spinning_executor, frame, ('masks', 'overlay')), probe.received.keys()
+    received = probe.outputs_for('overlay', frame.header)[0]
+    assert (received.width, received.height, received.encoding) == (1024, 512, 'rgb8')
+    masks = probe.outputs_for('masks', frame.header)[0]
+    assert (masks.width, masks.height) == (2048, 1024)
+
+
 def test_old_frames_are_dropped_and_counted(spinning_executor, checkpoint):
     node = start_node(spinning_executor, checkpoint, max_frame_age_ms=1000.0)
     activate(node)
@@ -742,3 +790,28 @@ def test_bad_value_in_the_params_file_exits_non_zero_with_one_line(child_process
     lines = [line for line in child.output.splitlines() if 'keypoint_threshold' in line]
     assert len(lines) == 1, child.output
     assert '-0.5' in lines[0] and '[0.0, 1.0]' in lines[0] and 'unconfigured' in lines[0]
+
+
+def test_help_lists_every_parameter_and_exits_before_joining_dds(child_process):
+    """`ppe_node --help` prints the usage with every parameter and its default and exits 0 at once (it
+    must not start a node: asking for help should never join a DDS domain); a bad --ros-args flag is one
+    line and exit status 2."""
+    from occluded_ppe_ros.ros.parameters import PARAMETERS
+
+    child = child_process([sys.executable, '-m', 'occluded_ppe_ros.ros.node', '--help'], cwd=REPO)
+    try:
+        child.popen.wait(timeout=60)
+    finally:
+        code = child.stop()
+    assert code == 0, child.output
+    assert child.output.startswith('usage: ppe_node'), child.output
+    for spec in PARAMETERS:
+        assert f'  {spec.name} = {spec.default!r}' in child.output
+    child = child_process([sys.executable, '-m', 'occluded_ppe_ros.ros.node', '--ros-args', '--help'],
+                          cwd=REPO)
+    try:
+        child.popen.wait(timeout=60)
+    finally:
+        code = child.stop()
+    assert code == 2, child.output
+    assert 'Traceback' not in child.output and "bad --ros-args: ['--help']" in child.output

@@ -4,7 +4,8 @@ Topics (relative names; remap them, or set image_topic / camera_info_topic):
   in:  image (sensor_msgs/Image) or image/compressed (sensor_msgs/CompressedImage), camera_info
   out: detections (vision_msgs/Detection2DArray), poses (occluded_ppe_msgs/PedestrianPoseArray),
        markers (visualization_msgs/MarkerArray), masks (sensor_msgs/Image instance labels), overlay
-       (sensor_msgs/Image), /diagnostics.
+       (sensor_msgs/Image, the frame with the results drawn, long side at most `overlay_max_side`),
+       /diagnostics.
 Every output carries the input image's header. Each output is built only while something subscribes to
 it, and then every processed frame gets one message on it, also a frame with nobody in it (empty arrays,
 an all-background label image, the plain image as overlay, a MarkerArray with at least a DELETEALL).
@@ -45,7 +46,7 @@ from std_msgs.msg import Header
 from vision_msgs.msg import Detection2DArray
 from visualization_msgs.msg import MarkerArray
 
-from occluded_ppe_ros.draw import render_overlay
+from occluded_ppe_ros.draw import overlay_size, render_overlay, shrink_image
 from occluded_ppe_ros.ros import conversions
 from occluded_ppe_ros.ros.diagnostics import PipelineStats, diagnostic_array
 from occluded_ppe_ros.ros.frame_slot import LatestFrameSlot
@@ -477,11 +478,24 @@ class PPENode(LifecycleNode):
         if 'masks' in publishers:
             publishers['masks'].publish(conversions.to_label_image(pedestrians, header, height, width))
         if 'overlay' in publishers:
-            # Render straight into the message's buffer: one full-frame copy in all.
-            message = conversions.numpy_to_image(rgb, header, 'rgb8')
-            canvas = np.frombuffer(message.data, dtype=np.uint8).reshape(height, width, 3)
-            render_overlay(canvas, pedestrians, keypoint_threshold)
-            publishers['overlay'].publish(message)
+            publishers['overlay'].publish(self._overlay(header, rgb, pedestrians, keypoint_threshold))
+
+    def _overlay(self, header: Header, rgb: np.ndarray, pedestrians: list,
+                 keypoint_threshold: float) -> Image:
+        """The overlay image: the frame, its long side capped at overlay_max_side, with the results drawn.
+
+        A large frame is shrunk first (draw.shrink_image) and drawn on at the small size: a 2048x1024 frame's
+        overlay at the default cap of 1024 is a quarter of the pixels to draw, copy, serialise, send and
+        deserialise. The message header is the input's; width and height are the overlay's own.
+        """
+        height, width = rgb.shape[:2]
+        out_height, out_width = overlay_size(height, width, self._value('overlay_max_side'))
+        rgb = shrink_image(rgb, out_height, out_width)
+        # Render straight into the message's buffer: one copy of the (possibly shrunk) frame in all.
+        message = conversions.numpy_to_image(rgb, header, 'rgb8')
+        canvas = np.frombuffer(message.data, dtype=np.uint8).reshape(out_height, out_width, 3)
+        render_overlay(canvas, pedestrians, keypoint_threshold, source_size=(height, width))
+        return message
 
     def _intrinsics(self, width: int, height: int) -> Intrinsics:
         info = self._camera_info
@@ -510,8 +524,32 @@ class PPENode(LifecycleNode):
         return self.trigger_activate() == TransitionCallbackReturn.SUCCESS
 
 
+def usage() -> str:
+    """`ppe_node --help`: how to start the node and every parameter with its default and meaning."""
+    lines = ['usage: ppe_node [--ros-args -p NAME:=VALUE ... | --params-file FILE]',
+             '       ros2 launch occluded_ppe_ros ppe.launch.py (config/ppe.yaml)', '',
+             'ROS 2 node: camera images in; pedestrian detections, masks, poses with track ids and RViz '
+             'markers out.',
+             'Parameters (default; * = takes effect at run time):']
+    for spec in PARAMETERS:
+        lines.append(f"  {spec.name} = {spec.default!r}{' *' if spec.runtime else ''}: {spec.description}")
+    return '\n'.join(lines)
+
+
 def main(args: list[str] | None = None) -> int:
-    """Run the node until Ctrl-C or shutdown; returns the exit status (1 if autostart's configure failed)."""
+    """Run the node until Ctrl-C or shutdown; returns the exit status (1 if autostart's configure failed).
+
+    `-h` / `--help` (outside --ros-args) prints `usage()` and returns 0 before rclpy starts, so asking
+    for help never joins a DDS domain.
+    """
+    try:
+        own_args = rclpy.utilities.remove_ros_args(sys.argv if args is None else args)[1:]
+    except Exception as error:  # rclpy's UnknownROSArgsError (a pybind11 class, not exported by name)
+        print(f'ppe_node: error: bad --ros-args: {error}; see ppe_node --help', file=sys.stderr)
+        return 2
+    if '-h' in own_args or '--help' in own_args:
+        print(usage())
+        return 0
     rclpy.init(args=args)
     node = None
     status = 0

@@ -18,6 +18,8 @@ from typing import Any
 import yaml
 
 DEFAULT_MODEL_PATH = 'models/ppe_default.pt'
+# Smallest non-zero overlay_max_side: below it boxes, joints and labels cover the picture.
+OVERLAY_MIN_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   runtime=True),
     ParameterSpec('publish_overlay', True, 'publish the rendered overlay image on overlay (only while '
                   'subscribed)', runtime=True),
+    ParameterSpec('overlay_max_side', 1024, 'longest side of the overlay image, pixels: a larger input is '
+                  'shrunk to it (aspect ratio kept) before drawing; 0 = the input size (full resolution)',
+                  runtime=True, minimum=0, maximum=16384),
     ParameterSpec('marker_depth_m', 5.0, 'distance of the marker plane from the camera, metres', runtime=True,
                   minimum=0.01, maximum=1000.0),
     ParameterSpec('max_frame_age_ms', 500.0, 'frames older than this (now - header stamp) when the model '
@@ -168,6 +173,9 @@ def validate_parameter(name: str, value: Any, configured: bool) -> str | None:
             return f'{name}={value} is above the maximum {spec.maximum} (allowed: {allowed_values(spec)})'
         if spec.multiple_of and value % spec.multiple_of:
             return f'{name}={value} is not a multiple of {spec.multiple_of} (allowed: {allowed_values(spec)})'
+    if name == 'overlay_max_side' and 0 < value < OVERLAY_MIN_SIDE:
+        return (f'{name}={value} is too small to show anything: 0 (full resolution) or at least '
+                f'{OVERLAY_MIN_SIDE}')
     if name in ('model_path', 'image_topic', 'camera_info_topic') and not str(value).strip():
         return f'{name} must not be empty'
     return None
