@@ -669,6 +669,26 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return settings
 
 
+def node_overhead_command(results: list[dict], source: Path) -> str:
+    """The benchmarks/node_overhead.py command that wrote `results`, read back from its rows.
+
+    Sizes, output sets and the score threshold come from the rows themselves, so the report says what was
+    measured (20 people per frame at threshold 0, the shipped operating point at 0.3 are different cases).
+    """
+    def distinct(key: str) -> list:
+        return list(dict.fromkeys(row[key] for row in results if key in row))
+
+    command = 'benchmarks/node_overhead.py --checkpoint models/ppe_default.pt'
+    if distinct('size'):
+        command += ' --sizes ' + ','.join(distinct('size'))
+    if distinct('outputs'):
+        command += ' --outputs ' + ','.join(distinct('outputs'))
+    thresholds = distinct('score_threshold')
+    if len(thresholds) == 1:
+        command += f' --score-threshold {thresholds[0]:g}'
+    return command + f' --json {source}'
+
+
 def run(args: argparse.Namespace) -> int:
     """`ppe bench`: run, print the markdown table, write JSON and markdown."""
     logging.basicConfig(level=logging.INFO, format='%(message)s')
@@ -685,9 +705,9 @@ def run(args: argparse.Namespace) -> int:
         if not source.is_file():
             print(f'ppe bench: error: --node-overhead {source}: no such file')
             return 2
-        report['node_overhead'] = {'source': str(source), 'results': json.loads(source.read_text()),
-                                   'command': 'benchmarks/node_overhead.py --checkpoint '
-                                              f'models/ppe_default.pt --json {source}'}
+        results = json.loads(source.read_text())
+        report['node_overhead'] = {'source': str(source), 'results': results,
+                                   'command': node_overhead_command(results, source)}
         command += f' --node-overhead {source}'
         report['command'] = command
     markdown = to_markdown(report)
