@@ -44,12 +44,6 @@ def annotated_people(gt: dict) -> dict[int, list[dict]]:
     return people
 
 
-def xyxy(annotation: dict) -> list[float]:
-    """COCO bbox (x, y, w, h image pixels) -> (x1, y1, x2, y2)."""
-    x, y, width, height = annotation['bbox']
-    return [x, y, x + width, y + height]
-
-
 def result(image_id: int, annotation: dict, joints13: np.ndarray) -> dict:
     """A COCO keypoint result: joints13 float [13, 3] (x, y image pixels, score)."""
     return {'image_id': image_id, 'category_id': 1, 'bbox': annotation['bbox'],
@@ -59,6 +53,8 @@ def result(image_id: int, annotation: dict, joints13: np.ndarray) -> dict:
 
 def pipeline_poses(checkpoint: Path, flip: bool, loaded, people) -> list[dict]:
     """Our pose graph on the annotated boxes, as COCO results."""
+    from occluded_ppe_training.datasets.common import xywh_to_xyxy
+
     from occluded_ppe_ros.model.pipeline_checkpoint import pipeline_from_checkpoint
 
     net, _ = pipeline_from_checkpoint(checkpoint)
@@ -71,7 +67,8 @@ def pipeline_poses(checkpoint: Path, flip: bool, loaded, people) -> list[dict]:
         network_input, geometry = letterbox(image, net.cfg.input_size)
         scale = np.array([geometry.resized_width / geometry.image_width,
                           geometry.resized_height / geometry.image_height] * 2)
-        rois = torch.tensor([[0.0, *(np.array(xyxy(a)) * scale)] for a in annotations], dtype=torch.float32)
+        boxes = xywh_to_xyxy([a['bbox'] for a in annotations]) * scale
+        rois = torch.from_numpy(np.concatenate([np.zeros((len(boxes), 1)), boxes], 1)).float()
         with torch.no_grad():
             keypoints, _, _ = net.pose(torch.from_numpy(network_input[None]), rois)
         keypoints = keypoints.numpy().astype(np.float64)
@@ -82,6 +79,8 @@ def pipeline_poses(checkpoint: Path, flip: bool, loaded, people) -> list[dict]:
 
 def peer_poses(peer_dir: Path, threads: int, loaded, people) -> list[dict]:
     """The NanoDet -> Thunder peer's pose step on the annotated boxes, as COCO results."""
+    from occluded_ppe_training.datasets.common import xywh_to_xyxy
+
     from occluded_ppe_ros.peers import NanoDetThunderPeer
 
     peer = NanoDetThunderPeer(peer_dir / 'nanodet_416.onnx', peer_dir / 'movenet_thunder.onnx',
@@ -89,7 +88,7 @@ def peer_poses(peer_dir: Path, threads: int, loaded, people) -> list[dict]:
     results = []
     for image_id, image in loaded:
         for annotation in people.get(image_id, []):
-            xy, scores = peer.estimate_pose(image, np.array(xyxy(annotation), np.float32))
+            xy, scores = peer.estimate_pose(image, xywh_to_xyxy(annotation['bbox'])[0])
             joints = np.concatenate([xy, scores[:, None]], 1)[list(COCO17_INDEX)]
             results.append(result(image_id, annotation, joints))
     return results

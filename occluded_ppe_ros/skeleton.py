@@ -36,6 +36,17 @@ FLIP_PERMUTATION: tuple[int, ...] = tuple(
     next((b if k == a else a) for a, b in FLIP_PAIRS if k in (a, b)) if k else 0
     for k in range(NUM_KEYPOINTS))
 
+
+def _mirrored_name(name: str) -> str:
+    """'left_x' <-> 'right_x'; a joint on the midline (the nose) keeps its name."""
+    side, _, part = name.partition('_')
+    return {'left': f'right_{part}', 'right': f'left_{part}'}.get(side, name)
+
+
+# COCO17_FLIP_PERMUTATION[k] = the COCO-17 joint that joint k becomes after a horizontal flip.
+COCO17_FLIP_PERMUTATION: tuple[int, ...] = tuple(COCO17_NAMES.index(_mirrored_name(name))
+                                                 for name in COCO17_NAMES)
+
 # Limbs drawn for a skeleton (pairs of 13-layout indices): COCO's skeleton restricted to the 13 joints,
 # with the head attached to both shoulders since the eyes and ears are gone.
 LIMBS: tuple[tuple[int, int], ...] = (

@@ -40,14 +40,13 @@ from torch import nn
 
 from occluded_ppe_ros.model.backbone import Body, MoveNetKeypointDecoder
 from occluded_ppe_ros.model.config import BackboneConfig
+from occluded_ppe_ros.skeleton import COCO17_FLIP_PERMUTATION
 
 NUM_KEYPOINTS = 17            # COCO order: nose, eyes, ears, shoulders, elbows, wrists, hips, knees, ankles
 FEATURE_CHANNELS = 24         # MoveNet's stride-4 pyramid output, the map all four heads read
 HEAD_HIDDEN_CHANNELS = 96
 PIXEL_SCALE = 257 / 32768     # float16(1 / 127.5) = 0.007843017578125, the graph's input scale
 PRETRAINED_DIR = Path(__file__).resolve().parents[2] / 'models' / 'pretrained'
-# COCO17_FLIP_PERMUTATION[k] = the joint that joint k becomes in a mirrored image (left and right swap)
-COCO17_FLIP_PERMUTATION: tuple[int, ...] = (0, 2, 1, 4, 3, 6, 5, 8, 7, 10, 9, 12, 11, 14, 13, 16, 15)
 OUTPUT_STRIDE = 4             # input pixels per heads' cell
 
 
@@ -188,7 +187,7 @@ def unmirror_head_maps(mirrored: dict[str, torch.Tensor]) -> dict[str, torch.Ten
 
     Returns:
         'center', 'heatmap' and 'offset' of the same shapes, indexed as the original crop's maps: the
-        columns reversed, left and right joints swapped (COCO17_FLIP_PERMUTATION), and the x offsets
+        columns reversed, left and right joints swapped (skeleton.COCO17_FLIP_PERMUTATION), and the x offsets
         mirrored. Cell c of the mirrored map is cell w - 1 - c of the original; with cell c at input pixel
         4 c (MoveNet's convention, module docstring) and pixel i mirrored to S - 1 - i, a joint at
         (c' + dx') cells in the mirrored crop is at (c + 1 - 1/4 - dx') cells in the original, i.e.

@@ -18,8 +18,6 @@ from typing import Any
 import yaml
 
 DEFAULT_MODEL_PATH = 'models/ppe_default.pt'
-# Smallest non-zero overlay_max_side: below it boxes, joints and labels cover the picture.
-OVERLAY_MIN_SIDE = 64
 
 
 @dataclass(frozen=True)
@@ -35,6 +33,7 @@ class ParameterSpec:
         maximum: largest valid value (numbers), inclusive.
         choices: the valid values (strings).
         multiple_of: a positive int the value must be a multiple of (0 is also accepted where allowed).
+        smallest_nonzero: where 0 means "off", the smallest valid value other than 0 (numbers).
     """
 
     name: str
@@ -45,6 +44,7 @@ class ParameterSpec:
     maximum: float | None = None
     choices: tuple[str, ...] | None = None
     multiple_of: int | None = None
+    smallest_nonzero: float | None = None
 
 
 PARAMETERS: tuple[ParameterSpec, ...] = (
@@ -92,7 +92,9 @@ PARAMETERS: tuple[ParameterSpec, ...] = (
                   'subscribed)', runtime=True),
     ParameterSpec('overlay_max_side', 1024, 'longest side of the overlay image, pixels: a larger input is '
                   'shrunk to it (aspect ratio kept) before drawing; 0 = the input size (full resolution)',
-                  runtime=True, minimum=0, maximum=16384),
+                  runtime=True, minimum=0, maximum=16384,
+                  # below 64 px the boxes, joints and labels cover the picture
+                  smallest_nonzero=64),
     ParameterSpec('marker_depth_m', 5.0, 'distance of the marker plane from the camera, metres', runtime=True,
                   minimum=0.01, maximum=1000.0),
     ParameterSpec('max_frame_age_ms', 500.0, 'frames older than this (now - header stamp) when the model '
@@ -142,7 +144,9 @@ def allowed_values(spec: ParameterSpec) -> str:
         low = '-inf' if spec.minimum is None else type(spec.default)(spec.minimum)
         high = 'inf' if spec.maximum is None else type(spec.default)(spec.maximum)
         multiple = f', a multiple of {spec.multiple_of}' if spec.multiple_of else ''
-        return f'{kind} in [{low}, {high}]{multiple}'
+        nonzero = (f', 0 or at least {type(spec.default)(spec.smallest_nonzero)}'
+                   if spec.smallest_nonzero is not None else '')
+        return f'{kind} in [{low}, {high}]{multiple}{nonzero}'
     return 'a string'
 
 
@@ -173,9 +177,9 @@ def validate_parameter(name: str, value: Any, configured: bool) -> str | None:
             return f'{name}={value} is above the maximum {spec.maximum} (allowed: {allowed_values(spec)})'
         if spec.multiple_of and value % spec.multiple_of:
             return f'{name}={value} is not a multiple of {spec.multiple_of} (allowed: {allowed_values(spec)})'
-    if name == 'overlay_max_side' and 0 < value < OVERLAY_MIN_SIDE:
-        return (f'{name}={value} is too small to show anything: 0 (full resolution) or at least '
-                f'{OVERLAY_MIN_SIDE}')
+        if spec.smallest_nonzero is not None and 0 < value < spec.smallest_nonzero:
+            return (f'{name}={value} is below {spec.smallest_nonzero}, the smallest value other than 0 '
+                    f'(allowed: {allowed_values(spec)})')
     if name in ('model_path', 'image_topic', 'camera_info_topic') and not str(value).strip():
         return f'{name} must not be empty'
     return None
